@@ -1,0 +1,1 @@
+"""Placement and executor agents. Built in the live-pipeline work."""

@@ -1,0 +1,137 @@
+"""Instructions: what the core asks the outside world to do or to know.
+
+The core never performs I/O. The live system turns instructions into Kafka records; the
+simulator turns them into future events on its virtual clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One option the policy weighed for a decision (for the audit trail)."""
+
+    node_id: str
+    hardware: str
+    #: Higher is better; ``-inf`` never appears for a chosen candidate.
+    score: float
+    predicted_runtime_s: float
+    expected_start_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The explanation of one placement or preemption: why this node, what else was there."""
+
+    decision_id: str
+    stimulus_id: str
+    task_id: str
+    attempt: int
+    policy: str
+    policy_version: str
+    model_version: str
+    decided_at_s: float
+    chosen_node_id: str
+    chosen_hardware: str
+    predicted_runtime_s: float
+    reason: str
+    candidates: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    stimulus_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assign(Instruction):
+    """Run ``task_id`` attempt ``attempt`` on ``node_id`` (publish to its hardware topic)."""
+
+    task_id: str
+    attempt: int
+    node_id: str
+    hardware: str
+    #: Indices of the node's GPUs the attempt may use (``CUDA_VISIBLE_DEVICES``).
+    gpu_indices: tuple[int, ...]
+    #: Milli-GPU per listed GPU (1000 for whole GPUs).
+    gpu_milli: int
+    predicted_runtime_s: float
+    #: Fraction of the task's work already done by earlier attempts (checkpoint restart).
+    resume_progress: float
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt(Instruction):
+    """Stop an attempt, keeping its checkpoint; it is re-queued when the stop is confirmed."""
+
+    task_id: str
+    attempt: int
+    node_id: str
+    reason: str
+    #: The task the preemption makes room for.
+    for_task_id: str
+    decision_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopAttempt(Instruction):
+    """Kill an attempt whose task was cancelled or failed upstream (no checkpoint kept)."""
+
+    task_id: str
+    attempt: int
+    node_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject(Instruction):
+    """A submission was refused; nothing about it is kept but this answer."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTransition(Instruction):
+    """A task changed state (the status view and the audit log follow these)."""
+
+    task_id: str
+    attempt: int
+    old: TaskState | None
+    new: TaskState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineInfeasible(Instruction):
+    """Flagged as early as forecasts allow: the deadline will most likely be missed."""
+
+    task_id: str
+    deadline_s: float
+    predicted_finish_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StaleEvent(Instruction):
+    """An event from a stale attempt, or a duplicate: recorded, ignored."""
+
+    task_id: str
+    attempt: int
+    current_attempt: int
+    event: str
+
+
+@dataclass(frozen=True, slots=True)
+class Learned(Instruction):
+    """A completed attempt taught the runtime forecaster something (error is predicted -
+    observed, in seconds)."""
+
+    task_id: str
+    hardware: str
+    predicted_runtime_s: float
+    observed_runtime_s: float

@@ -1,0 +1,1 @@
+"""Wire formats: frozen, versioned pydantic models for every event streamsched carries."""

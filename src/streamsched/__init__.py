@@ -1,0 +1,3 @@
+"""streamsched: an event-streaming scheduler for machine-learning work on Kafka."""
+
+__version__ = "0.1.0"
