@@ -1,0 +1,251 @@
+"""Cluster capacity as column arrays, so filters and scores run over every node at once.
+
+One row per node that ever registered (rows are never reused; a lost node's row is marked
+dead). GPU state is a matrix of free milli-GPU per (node, GPU slot); slots beyond a node's
+GPU count hold -1 so that no request ever fits them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from .model import GPU_MILLI, NodeSpec, TaskSpec
+
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+_NO_GPU = -1
+
+
+class Cluster:
+    """Free and total capacity of every node, plus liveness, hardware class and labels."""
+
+    def __init__(self, max_gpus_per_node: int = 8, initial_rows: int = 64) -> None:
+        self.max_gpus_per_node = max_gpus_per_node
+        self.node_ids: list[str] = []
+        self.specs: list[NodeSpec] = []
+        self.index: dict[str, int] = {}
+        self.hardware_names: list[str] = []
+        self._hardware_index: dict[str, int] = {}
+        self._rows = 0
+        self._alloc(initial_rows)
+        self._hw_mask_cache: dict[frozenset[str], BoolArray] = {}
+        self._label_mask_cache: dict[tuple[str, str], BoolArray] = {}
+
+    # ------------------------------------------------------------------ storage
+    def _alloc(self, rows: int) -> None:
+        g = self.max_gpus_per_node
+        self.cpu_cap = np.zeros(rows, np.int64)
+        self.mem_cap = np.zeros(rows, np.int64)
+        self.cpu_free = np.zeros(rows, np.int64)
+        self.mem_free = np.zeros(rows, np.int64)
+        self.gpu_cap = np.zeros(rows, np.int64)
+        self.gpu_free = np.full((rows, g), _NO_GPU, np.int64)
+        self.hw = np.full(rows, -1, np.int64)
+        self.alive = np.zeros(rows, np.bool_)
+
+    def _grow(self) -> None:
+        old = (
+            self.cpu_cap,
+            self.mem_cap,
+            self.cpu_free,
+            self.mem_free,
+            self.gpu_cap,
+            self.gpu_free,
+            self.hw,
+            self.alive,
+        )
+        n = len(self.node_ids)
+        self._alloc(max(64, 2 * old[0].shape[0]))
+        for new, prev in zip(
+            (
+                self.cpu_cap,
+                self.mem_cap,
+                self.cpu_free,
+                self.mem_free,
+                self.gpu_cap,
+                self.gpu_free,
+                self.hw,
+                self.alive,
+            ),
+            old,
+            strict=True,
+        ):
+            new[:n] = prev[:n]
+
+    @property
+    def size(self) -> int:
+        """Number of rows in use (registered nodes, alive or not)."""
+        return len(self.node_ids)
+
+    # ------------------------------------------------------------------ membership
+    def upsert(self, spec: NodeSpec) -> tuple[int, bool]:
+        """Register a node, or mark a known node alive. Returns (row, changed)."""
+        if spec.gpus > self.max_gpus_per_node:
+            raise ValueError(
+                f"node {spec.node_id!r} has {spec.gpus} GPUs; at most "
+                f"{self.max_gpus_per_node} per node are supported"
+            )
+        row = self.index.get(spec.node_id)
+        if row is not None:
+            if self.alive[row]:
+                return row, False
+            # A node coming back after being declared lost starts empty: its old
+            # attempts were re-queued when it was lost.
+            self._reset_row(row, spec)
+            return row, True
+        row = len(self.node_ids)
+        if row >= self.cpu_cap.shape[0]:
+            self._grow()
+        self.node_ids.append(spec.node_id)
+        self.specs.append(spec)
+        self.index[spec.node_id] = row
+        if spec.hardware not in self._hardware_index:
+            self._hardware_index[spec.hardware] = len(self.hardware_names)
+            self.hardware_names.append(spec.hardware)
+        self._reset_row(row, spec)
+        self._hw_mask_cache.clear()
+        self._label_mask_cache.clear()
+        return row, True
+
+    def _reset_row(self, row: int, spec: NodeSpec) -> None:
+        self.specs[row] = spec
+        self.cpu_cap[row] = self.cpu_free[row] = spec.cpu_milli
+        self.mem_cap[row] = self.mem_free[row] = spec.memory_mib
+        self.gpu_cap[row] = spec.gpus
+        self.gpu_free[row, :] = _NO_GPU
+        self.gpu_free[row, : spec.gpus] = GPU_MILLI
+        self.hw[row] = self._hardware_index[spec.hardware]
+        self.alive[row] = True
+
+    def mark_dead(self, row: int) -> None:
+        self.alive[row] = False
+
+    # ------------------------------------------------------------------ masks
+    def hardware_mask(self, allowed: frozenset[str]) -> BoolArray:
+        """Rows whose hardware class is in ``allowed`` (all rows when it is empty)."""
+        n = self.size
+        if not allowed:
+            return np.ones(n, np.bool_)
+        mask = self._hw_mask_cache.get(allowed)
+        if mask is None or mask.shape[0] != n:
+            ids = [self._hardware_index[h] for h in allowed if h in self._hardware_index]
+            mask = np.isin(self.hw[:n], ids)
+            self._hw_mask_cache[allowed] = mask
+        return mask
+
+    def label_mask(self, governance: Mapping[str, str]) -> BoolArray | None:
+        """Rows whose labels carry every governance tag with the same value; None if the
+        task has no tags."""
+        if not governance:
+            return None
+        n = self.size
+        out = np.ones(n, np.bool_)
+        for item in sorted(governance.items()):
+            mask = self._label_mask_cache.get(item)
+            if mask is None or mask.shape[0] != n:
+                key, value = item
+                mask = np.fromiter(
+                    (s.labels.get(key) == value for s in self.specs), np.bool_, count=n
+                )
+                self._label_mask_cache[item] = mask
+            out &= mask
+        return out
+
+    def fit_mask(self, task: TaskSpec) -> BoolArray:
+        """Rows where ``task`` fits right now: alive, allowed hardware, governance tags,
+        CPU, memory and GPUs (whole GPUs fully free, or one GPU with enough share left)."""
+        n = self.size
+        mask = self.alive[:n] & (self.cpu_free[:n] >= task.cpu_milli)
+        mask &= self.mem_free[:n] >= task.memory_mib
+        if task.gpus:
+            mask &= self.gpu_fit(task, slice(0, n))
+        if task.allowed_hardware:
+            mask &= self.hardware_mask(task.allowed_hardware)
+        labels = self.label_mask(task.governance)
+        if labels is not None:
+            mask &= labels
+        return mask
+
+    def gpu_fit(self, task: TaskSpec, rows: slice | IntArray) -> BoolArray:
+        free = self.gpu_free[rows]
+        if task.is_gpu_share:
+            return np.asarray((free >= task.gpu_milli).any(axis=1))
+        return np.asarray((free == GPU_MILLI).sum(axis=1) >= task.gpus)
+
+    def could_ever_fit(self, task: TaskSpec) -> bool:
+        """True when some alive node could host ``task`` if it were empty."""
+        n = self.size
+        mask = self.alive[:n] & (self.cpu_cap[:n] >= task.cpu_milli)
+        mask &= (self.mem_cap[:n] >= task.memory_mib) & (self.gpu_cap[:n] >= task.gpus)
+        if task.allowed_hardware:
+            mask &= self.hardware_mask(task.allowed_hardware)
+        labels = self.label_mask(task.governance)
+        if labels is not None:
+            mask &= labels
+        return bool(mask.any())
+
+    # ------------------------------------------------------------------ allocation
+    def choose_gpus(self, row: int, task: TaskSpec) -> tuple[int, ...]:
+        """The GPU slots an allocation of ``task`` on ``row`` takes.
+
+        A share goes to the GPU with the least free share that still fits (best fit within
+        the node, which keeps whole GPUs whole); whole GPUs are the lowest free indices.
+        """
+        if task.gpus == 0:
+            return ()
+        free = self.gpu_free[row]
+        if task.is_gpu_share:
+            fits = np.flatnonzero(free >= task.gpu_milli)
+            best = fits[np.argmin(free[fits])]
+            return (int(best),)
+        whole = np.flatnonzero(free == GPU_MILLI)
+        return tuple(int(i) for i in whole[: task.gpus])
+
+    def allocate(self, row: int, task: TaskSpec, gpu_indices: Iterable[int]) -> None:
+        self.cpu_free[row] -= task.cpu_milli
+        self.mem_free[row] -= task.memory_mib
+        per_gpu = task.gpu_milli if task.is_gpu_share else GPU_MILLI
+        for g in gpu_indices:
+            self.gpu_free[row, g] -= per_gpu
+            if self.gpu_free[row, g] < 0:
+                raise AssertionError(f"over-allocated GPU {g} of node {self.node_ids[row]}")
+        if self.cpu_free[row] < 0 or self.mem_free[row] < 0:
+            raise AssertionError(f"over-allocated node {self.node_ids[row]}")
+
+    def release(self, row: int, task: TaskSpec, gpu_indices: Iterable[int]) -> None:
+        if not self.alive[row]:
+            return  # a dead node's row is reset when it comes back
+        self.cpu_free[row] += task.cpu_milli
+        self.mem_free[row] += task.memory_mib
+        per_gpu = task.gpu_milli if task.is_gpu_share else GPU_MILLI
+        for g in gpu_indices:
+            self.gpu_free[row, g] += per_gpu
+
+    # ------------------------------------------------------------------ aggregates
+    def totals(self) -> tuple[int, int, int]:
+        """(cpu_milli, memory_mib, gpu_milli) of all alive nodes."""
+        n = self.size
+        alive = self.alive[:n]
+        return (
+            int(self.cpu_cap[:n][alive].sum()),
+            int(self.mem_cap[:n][alive].sum()),
+            int(self.gpu_cap[:n][alive].sum()) * GPU_MILLI,
+        )
+
+    def gpu_allocated_milli(self) -> int:
+        n = self.size
+        alive = self.alive[:n]
+        free = self.gpu_free[:n][alive]
+        return int(self.gpu_cap[:n][alive].sum()) * GPU_MILLI - int(free[free > 0].sum())
+
+    def hardware_rows(self, hardware: str) -> IntArray:
+        idx = self._hardware_index.get(hardware)
+        if idx is None:
+            return np.zeros(0, np.int64)
+        n = self.size
+        return np.flatnonzero((self.hw[:n] == idx) & self.alive[:n])

@@ -1,0 +1,475 @@
+"""The scheduler core: one entry point, ``handle(*events, now) -> instructions``.
+
+It keeps nodes, the ready queue, running attempts and dependencies. Event handlers are
+idempotent (a duplicate or stale event is recorded as :class:`StaleEvent` and changes
+nothing); after the events of a call are applied, one scheduling cycle runs
+(:mod:`.cycle`). Nothing here does I/O or reads a clock, so a replay of the same events
+with the same ``now`` values gives the same instructions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import statemachine
+from .cluster import Cluster, FloatArray
+from .events import (
+    CancelTask,
+    Event,
+    NodeLost,
+    NodeUp,
+    TaskCompleted,
+    TaskFailed,
+    TaskPreempted,
+    TaskProgress,
+    TaskStarted,
+    TaskSubmitted,
+    Tick,
+)
+from .forecasting import DEFAULT_RUNTIME_S, RuntimeForecaster
+from .fragmentation import WorkloadProfile
+from .instructions import (
+    DeadlineInfeasible,
+    Instruction,
+    Learned,
+    Reject,
+    StaleEvent,
+    StopAttempt,
+    TaskTransition,
+)
+from .model import GPU_MILLI, TaskSpec, TaskState
+from .plugins import SortContext
+from .policies import Policy
+from .queue import ReadyQueue
+
+S = TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    #: Reject a submission no registered node could ever host (simulation: all nodes are
+    #: known up front). Live, such a task waits for capacity instead.
+    reject_unplaceable: bool = False
+    seed: int = 0
+    max_gpus_per_node: int = 8
+    #: Prefix of decision ids (distinguishes placement agent instances).
+    decision_prefix: str = "d"
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    spec: TaskSpec
+    submitted_at: float
+    state: TaskState | None = None
+    #: Number of the latest assignment (0 before the first). The fencing token.
+    attempt: int = 0
+    row: int = -1
+    node_id: str | None = None
+    hardware: str | None = None
+    gpu_indices: tuple[int, ...] = ()
+    assigned_at: float | None = None
+    started_at: float | None = None
+    #: Fraction of the whole work done before the current attempt (checkpoint).
+    progress: float = 0.0
+    #: Latest progress an executor reported for the current attempt (whole-task fraction).
+    reported_progress: float = 0.0
+    #: Predicted runtime of the current attempt (remaining work) on its hardware.
+    predicted_s: float = 0.0
+    #: Predicted whole-task runtime on the current hardware (for the forecast error).
+    predicted_full_s: float = 0.0
+    preemptions: int = 0
+    preempting: bool = False
+    retries: int = 0
+    waiting_on: set[str] = field(default_factory=set)
+    dependents: list[str] = field(default_factory=list)
+    deadline_flagged: bool = False
+    finished_at: float | None = None
+    decision_id: str | None = None
+    reason: str = ""
+    runtime_cache: tuple[str, int, FloatArray] | None = None
+
+    def predicted_end(self, now: float) -> float:
+        """When the current attempt should finish; an overdue attempt is expected soon."""
+        start = self.started_at if self.started_at is not None else self.assigned_at
+        end = (start if start is not None else now) + self.predicted_s
+        return end if end > now else now + max(1.0, 0.1 * self.predicted_s)
+
+
+class SchedulerCore:
+    """The state machine. See the module docstring."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        forecaster: RuntimeForecaster,
+        config: CoreConfig | None = None,
+    ) -> None:
+        self.policy = policy
+        self.forecaster = forecaster
+        self.config = config or CoreConfig()
+        self.cluster = Cluster(self.config.max_gpus_per_node)
+        self.tasks: dict[str, TaskRecord] = {}
+        self.queue = ReadyQueue()
+        self.on_row: dict[int, set[str]] = {}
+        self.occupancy_s: FloatArray = np.zeros(64)
+        #: Per row, the earliest raw predicted end of an attempt on it (inf when idle).
+        self.row_next_end: FloatArray = np.full(64, math.inf)
+        self.tenant_alloc: dict[str, list[int]] = {}
+        self.rng = np.random.default_rng(self.config.seed)
+        self.round_robin_next = 0
+        self.workload = WorkloadProfile()
+        self.decisions = 0
+        self.last_seen: dict[str, float] = {}
+        self._out: list[Instruction] = []
+        self._stimulus = ""
+        self._handlers: dict[type, Callable[[Any, float], None]] = {
+            NodeUp: self._on_node_up,
+            NodeLost: self._on_node_lost,
+            TaskSubmitted: self._on_submitted,
+            TaskStarted: self._on_started,
+            TaskProgress: self._on_progress,
+            TaskCompleted: self._on_completed,
+            TaskFailed: self._on_failed,
+            TaskPreempted: self._on_preempted,
+            CancelTask: self._on_cancel,
+            Tick: lambda ev, now: None,
+        }
+
+    # ================================================================== entry point
+    def handle(self, *events: Event, now: float) -> list[Instruction]:
+        """Apply ``events`` at time ``now``, run one scheduling cycle, return what to do."""
+        from .cycle import run_cycle  # local: cycle imports this module's types
+
+        self._out = []
+        stimulus_id = events[-1].stimulus_id if events else "tick"
+        for ev in events:
+            self._stimulus = ev.stimulus_id
+            self._handlers[type(ev)](ev, now)
+        self._stimulus = stimulus_id
+        if len(self.queue):
+            run_cycle(self, now, stimulus_id)
+        out, self._out = self._out, []
+        return out
+
+    def emit(self, instruction: Instruction) -> None:
+        self._out.append(instruction)
+
+    # ================================================================== queries
+    def state_of(self, task_id: str) -> TaskState | None:
+        rec = self.tasks.get(task_id)
+        return rec.state if rec else None
+
+    def runtimes(self, rec: TaskRecord) -> FloatArray:
+        """Predicted remaining runtime of ``rec`` per hardware index (inf if not allowed)."""
+        version = self.forecaster.version
+        names = self.cluster.hardware_names
+        cached = rec.runtime_cache
+        if cached is not None and cached[0] == version and cached[1] == len(names):
+            return cached[2]
+        allowed = rec.spec.allowed_hardware
+        remaining = 1.0 - rec.progress
+        out = np.array(
+            [
+                self.forecaster.predict(rec.spec, hw) * remaining
+                if not allowed or hw in allowed
+                else math.inf
+                for hw in names
+            ],
+            np.float64,
+        )
+        rec.runtime_cache = (version, len(names), out)
+        return out
+
+    def best_runtime(self, rec: TaskRecord) -> float:
+        rts = self.runtimes(rec)
+        finite = rts[np.isfinite(rts)]
+        if finite.size:
+            return float(finite.min())
+        hw = min(rec.spec.allowed_hardware) if rec.spec.allowed_hardware else "cpu"
+        return self.forecaster.predict(rec.spec, hw) * (1.0 - rec.progress) or DEFAULT_RUNTIME_S
+
+    def tenant_share(self, tenant: str) -> float:
+        """Dominant resource share of ``tenant`` (0..1) over CPU, memory and GPU."""
+        alloc = self.tenant_alloc.get(tenant)
+        if not alloc:
+            return 0.0
+        totals = self.cluster.totals()
+        return max(a / t for a, t in zip(alloc, totals, strict=True) if t > 0) if any(
+            totals
+        ) else 0.0
+
+    def running(self) -> Iterator[TaskRecord]:
+        for ids in self.on_row.values():
+            for tid in ids:
+                yield self.tasks[tid]
+
+    # ================================================================== transitions
+    def transition(self, rec: TaskRecord, new: TaskState, reason: str, now: float) -> None:
+        statemachine.check(rec.state, new, rec.spec.task_id)
+        old, rec.state, rec.reason = rec.state, new, reason
+        if new.terminal:
+            rec.finished_at = now
+        self.emit(TaskTransition(self._stimulus, rec.spec.task_id, rec.attempt, old, new, reason))
+
+    def enqueue(self, rec: TaskRecord, reason: str, now: float) -> None:
+        spec = rec.spec
+        best = self.best_runtime(rec)
+        key = self.policy.queue_sort.key(
+            spec, SortContext(rec.submitted_at, best, self.policy.params.sjf_weight)
+        )
+        group = spec.tenant if self.policy.fair_share else ""
+        latest_start = None
+        if self.policy.deadline_aware and spec.deadline_s is not None:
+            latest_start = spec.deadline_s - best
+        self.queue.push(spec.task_id, group, key, latest_start)
+        self.transition(rec, S.QUEUED, reason, now)
+        self.check_deadline(rec, now, now + best)
+
+    def check_deadline(self, rec: TaskRecord, now: float, predicted_finish: float) -> None:
+        deadline = rec.spec.deadline_s
+        if deadline is None or rec.deadline_flagged or predicted_finish <= deadline:
+            return
+        rec.deadline_flagged = True
+        self.emit(DeadlineInfeasible(self._stimulus, rec.spec.task_id, deadline, predicted_finish))
+
+    def hold(self, rec: TaskRecord, row: int, gpu_indices: tuple[int, ...]) -> None:
+        """Reserve ``row``'s resources for ``rec``'s new attempt (the "assume" step)."""
+        spec = rec.spec
+        self.cluster.allocate(row, spec, gpu_indices)
+        rec.row, rec.gpu_indices = row, gpu_indices
+        rec.node_id = self.cluster.node_ids[row]
+        rec.hardware = self.cluster.specs[row].hardware
+        self.on_row.setdefault(row, set()).add(spec.task_id)
+        self.occupancy_s[row] += rec.predicted_s
+        self.refresh_next_end(row)
+        alloc = self.tenant_alloc.setdefault(spec.tenant, [0, 0, 0])
+        alloc[0] += spec.cpu_milli
+        alloc[1] += spec.memory_mib
+        alloc[2] += spec.gpu_demand_milli
+
+    def release(self, rec: TaskRecord) -> None:
+        if rec.row < 0:
+            return
+        spec = rec.spec
+        self.cluster.release(rec.row, spec, rec.gpu_indices)
+        self.on_row.get(rec.row, set()).discard(spec.task_id)
+        self.occupancy_s[rec.row] = max(0.0, self.occupancy_s[rec.row] - rec.predicted_s)
+        self.refresh_next_end(rec.row)
+        alloc = self.tenant_alloc[spec.tenant]
+        alloc[0] -= spec.cpu_milli
+        alloc[1] -= spec.memory_mib
+        alloc[2] -= spec.gpu_demand_milli
+        rec.row, rec.gpu_indices, rec.preempting = -1, (), False
+
+    def refresh_next_end(self, row: int) -> None:
+        ends = []
+        for tid in self.on_row.get(row, ()):
+            r = self.tasks[tid]
+            start = r.started_at if r.started_at is not None else r.assigned_at
+            ends.append((start or 0.0) + r.predicted_s)
+        self.row_next_end[row] = min(ends, default=math.inf)
+
+    def _current(self, rec: TaskRecord | None, task_id: str, attempt: int, event: str) -> bool:
+        """True when the event concerns the live attempt; otherwise it is recorded."""
+        if rec is not None and attempt == rec.attempt and rec.state in statemachine.HOLDS_RESOURCES:
+            return True
+        current = rec.attempt if rec is not None else 0
+        self.emit(StaleEvent(self._stimulus, task_id, attempt, current, event))
+        return False
+
+    # ================================================================== node events
+    def _on_node_up(self, ev: NodeUp, now: float) -> None:
+        self.last_seen[ev.node.node_id] = now
+        row, changed = self.cluster.upsert(ev.node)
+        size = self.occupancy_s.shape[0]
+        if row >= size:
+            new_size = max(2 * size, row + 1)
+            self.occupancy_s = np.concatenate([self.occupancy_s, np.zeros(new_size - size)])
+            self.row_next_end = np.concatenate(
+                [self.row_next_end, np.full(new_size - size, math.inf)]
+            )
+        if changed:
+            self.occupancy_s[row] = 0.0
+            self.row_next_end[row] = math.inf
+
+    def _on_node_lost(self, ev: NodeLost, now: float) -> None:
+        row = self.cluster.index.get(ev.node_id)
+        if row is None or not self.cluster.alive[row]:
+            return
+        for tid in sorted(self.on_row.get(row, ())):
+            rec = self.tasks[tid]
+            rec.progress = max(rec.progress, rec.reported_progress)
+            self.release(rec)
+            self.enqueue(rec, f"{ev.reason}: node {ev.node_id}", now)
+        self.on_row.pop(row, None)
+        self.occupancy_s[row] = 0.0
+        self.row_next_end[row] = math.inf
+        self.cluster.mark_dead(row)
+
+    # ================================================================== task events
+    def _on_submitted(self, ev: TaskSubmitted, now: float) -> None:
+        spec = ev.spec
+        if spec.task_id in self.tasks:
+            self.emit(StaleEvent(ev.stimulus_id, spec.task_id, 0, 0, "duplicate submission"))
+            return
+        reason = self._rejection(spec)
+        if reason:
+            self.emit(Reject(ev.stimulus_id, spec.task_id, reason))
+            return
+        rec = self.tasks[spec.task_id] = TaskRecord(spec=spec, submitted_at=now)
+        self.workload.observe(spec)
+        self.transition(rec, S.SUBMITTED, "accepted", now)
+        for dep in spec.depends_on:
+            up = self.tasks[dep]
+            if up.state in (S.FAILED, S.CANCELLED):
+                self.transition(rec, S.CANCELLED, f"upstream {dep} {up.state}", now)
+                return
+            if up.state is not S.SUCCEEDED:
+                rec.waiting_on.add(dep)
+                up.dependents.append(spec.task_id)
+        if not rec.waiting_on:
+            self.enqueue(rec, "ready", now)
+
+    def _rejection(self, spec: TaskSpec) -> str:
+        for dep in spec.depends_on:
+            if dep not in self.tasks:
+                return f"depends_on: unknown task {dep!r} (submit upstream tasks first)"
+        if spec.gpus > self.config.max_gpus_per_node:
+            return (
+                f"needs {spec.gpus} GPUs; a task runs on one node and nodes have at most "
+                f"{self.config.max_gpus_per_node}"
+            )
+        if self.config.reject_unplaceable and not self.cluster.could_ever_fit(spec):
+            return (
+                f"no registered node can ever host it (gpus={spec.gpus}, "
+                f"cpu_milli={spec.cpu_milli}, memory_mib={spec.memory_mib}, "
+                f"allowed_hardware={sorted(spec.allowed_hardware) or 'any'})"
+            )
+        return ""
+
+    def _on_started(self, ev: TaskStarted, now: float) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if not self._current(rec, ev.task_id, ev.attempt, "started"):
+            return
+        assert rec is not None
+        if rec.state is S.ASSIGNED:
+            rec.started_at = now
+            self.refresh_next_end(rec.row)
+            self.transition(rec, S.RUNNING, f"started on {ev.node_id}", now)
+
+    def _on_progress(self, ev: TaskProgress, now: float) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if self._current(rec, ev.task_id, ev.attempt, "progress"):
+            assert rec is not None
+            rec.reported_progress = max(rec.reported_progress, min(ev.progress, 1.0))
+
+    def _on_completed(self, ev: TaskCompleted, now: float) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if not self._current(rec, ev.task_id, ev.attempt, "completed"):
+            return
+        assert rec is not None and rec.hardware is not None
+        share = 1.0 - rec.progress
+        if share >= 0.05 and ev.runtime_s > 0:
+            observed_full = ev.runtime_s / share
+            self.emit(
+                Learned(self._stimulus, rec.spec.task_id, rec.hardware,
+                        rec.predicted_full_s, observed_full)
+            )
+            self.forecaster.learn(rec.spec, rec.hardware, observed_full)
+        self.release(rec)
+        rec.progress = 1.0
+        self.transition(rec, S.SUCCEEDED, "completed", now)
+        for tid in rec.dependents:
+            child = self.tasks[tid]
+            child.waiting_on.discard(rec.spec.task_id)
+            if not child.waiting_on and child.state is S.SUBMITTED:
+                self.enqueue(child, "dependencies succeeded", now)
+
+    def _on_failed(self, ev: TaskFailed, now: float) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if not self._current(rec, ev.task_id, ev.attempt, "failed"):
+            return
+        assert rec is not None
+        self.release(rec)
+        if ev.retryable and rec.retries < rec.spec.max_retries:
+            rec.retries += 1
+            rec.progress = max(rec.progress, rec.reported_progress)
+            self.enqueue(rec, f"retry {rec.retries}/{rec.spec.max_retries}: {ev.reason}", now)
+            return
+        self.transition(rec, S.FAILED, ev.reason, now)
+        self._cancel_dependents(rec, now)
+
+    def _on_preempted(self, ev: TaskPreempted, now: float) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if not self._current(rec, ev.task_id, ev.attempt, "preempted"):
+            return
+        assert rec is not None
+        self.release(rec)
+        rec.progress = max(rec.progress, min(ev.progress, 0.999))
+        rec.preemptions += 1
+        self.enqueue(rec, f"preempted (progress {rec.progress:.0%} kept)", now)
+
+    def _on_cancel(self, ev: CancelTask, now: float) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if rec is None or rec.state is None or rec.state.terminal:
+            current = rec.attempt if rec else 0
+            self.emit(StaleEvent(ev.stimulus_id, ev.task_id, current, current, "cancel"))
+            return
+        self._cancel(rec, ev.reason, now)
+        self._cancel_dependents(rec, now)
+
+    def _cancel(self, rec: TaskRecord, reason: str, now: float) -> None:
+        if rec.spec.task_id in self.queue:
+            self.queue.remove(rec.spec.task_id)
+        if rec.state in statemachine.HOLDS_RESOURCES and rec.node_id is not None:
+            self.emit(StopAttempt(self._stimulus, rec.spec.task_id, rec.attempt, rec.node_id, reason))
+            self.release(rec)
+        self.transition(rec, S.CANCELLED, reason, now)
+
+    def _cancel_dependents(self, rec: TaskRecord, now: float) -> None:
+        todo = list(rec.dependents)
+        while todo:
+            child = self.tasks[todo.pop()]
+            if child.state is not None and not child.state.terminal:
+                self._cancel(child, f"upstream {rec.spec.task_id} {rec.state}", now)
+                todo.extend(child.dependents)
+
+    # ================================================================== checks
+    def validate_state(self) -> None:
+        """Check the core's invariants (for tests; O(tasks + nodes))."""
+        c = self.cluster
+        n = c.size
+        cpu = c.cpu_cap[:n].copy()
+        mem = c.mem_cap[:n].copy()
+        gpu = np.where(c.gpu_free[:n] >= 0, GPU_MILLI, -1)
+        for row, ids in self.on_row.items():
+            for tid in ids:
+                rec = self.tasks[tid]
+                assert rec.state in statemachine.HOLDS_RESOURCES, (tid, rec.state)
+                assert rec.row == row, (tid, rec.row, row)
+                cpu[row] -= rec.spec.cpu_milli
+                mem[row] -= rec.spec.memory_mib
+                per = rec.spec.gpu_milli if rec.spec.is_gpu_share else GPU_MILLI
+                for g in rec.gpu_indices:
+                    gpu[row, g] -= per
+        alive = c.alive[:n]
+        assert (cpu[alive] == c.cpu_free[:n][alive]).all(), "cpu accounting drifted"
+        assert (mem[alive] == c.mem_free[:n][alive]).all(), "memory accounting drifted"
+        assert (gpu[alive] == c.gpu_free[:n][alive]).all(), "gpu accounting drifted"
+        assert (c.cpu_free[:n] >= 0).all() and (c.mem_free[:n] >= 0).all()
+        assert (c.gpu_free[:n] >= -1).all()
+        queued = {t for t, r in self.tasks.items() if r.state is S.QUEUED}
+        assert queued == set(self.queue.task_ids()), "queue and task states disagree"
+        for tid, rec in self.tasks.items():
+            if rec.state in statemachine.HOLDS_RESOURCES:
+                assert rec.row >= 0 and tid in self.on_row.get(rec.row, ()), tid
+            else:
+                assert rec.row < 0, tid
+            if rec.state in (S.QUEUED, S.ASSIGNED, S.RUNNING, S.SUCCEEDED):
+                for dep in rec.spec.depends_on:
+                    assert self.tasks[dep].state is S.SUCCEEDED, (tid, dep)

@@ -1,0 +1,506 @@
+"""One scheduling cycle, in numbered steps (as Kueue writes its cycle):
+
+1. Order: urgent deadline tasks (least slack first), then the ready queue, merging tenants
+   by their static key plus a fair-share penalty (dominant resource share, DRF).
+2. For each task, up to ``max_scan``: filter the nodes it fits on now (hard rules, and
+   reservations made earlier in this cycle), then score them with the policy's scorers.
+3. Heterogeneity-aware policies compare that with waiting for a faster hardware class:
+   expected start (from predicted ends of running attempts) + predicted runtime there.
+4. Place (assume the resources in the core at once; the assignment is published after), or
+   block: strict FIFO stops; EASY backfilling reserves the node the blocked task will
+   get first, and later tasks may use it only if they end before or leave room.
+5. Preemption: blocked tasks may evict preemptible attempts (checkpoint kept) when that
+   lowers total completion time, serves a higher priority class or saves a deadline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cluster import FloatArray, IntArray
+from .core import SchedulerCore, TaskRecord
+from .instructions import Assign, Candidate, Decision, Preempt
+from .model import GPU_MILLI, TaskSpec, TaskState
+from .plugins import ScoreContext
+
+S = TaskState
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Resources of ``row`` promised to a blocked task from ``start_s`` on."""
+
+    task_id: str
+    row: int
+    start_s: float
+    spare_gpus: int
+    spare_cpu: int
+    spare_mem: int
+
+    def admits(self, spec: TaskSpec, runtime_s: float, now: float) -> bool:
+        if now + runtime_s <= self.start_s:
+            return True
+        return (
+            spec.gpus <= self.spare_gpus
+            and spec.cpu_milli <= self.spare_cpu
+            and spec.memory_mib <= self.spare_mem
+        )
+
+    def consume(self, spec: TaskSpec, runtime_s: float, now: float) -> None:
+        if now + runtime_s > self.start_s:
+            self.spare_gpus -= spec.gpus
+            self.spare_cpu -= spec.cpu_milli
+            self.spare_mem -= spec.memory_mib
+
+
+@dataclass(frozen=True, slots=True)
+class WaitOption:
+    hardware_index: int
+    row: int
+    start_s: float
+    completion_s: float
+
+
+def run_cycle(core: SchedulerCore, now: float, stimulus_id: str) -> None:
+    _Cycle(core, now, stimulus_id).run()
+
+
+class _Cycle:
+    def __init__(self, core: SchedulerCore, now: float, stimulus_id: str) -> None:
+        self.core = core
+        self.cluster = core.cluster
+        self.policy = core.policy
+        self.params = core.policy.params
+        self.now = now
+        self.stimulus_id = stimulus_id
+        self.reservations: dict[int, Reservation] = {}
+        self.blocked: list[TaskRecord] = []
+        self.failed_shapes: set[object] = set()
+        self.totals = self.cluster.totals()
+
+    # ------------------------------------------------------------------ step 1
+    def _order(self) -> Iterator[str]:
+        queue, params = self.core.queue, self.params
+        seen: set[str] = set()
+        if self.policy.deadline_aware:
+            urgent = []
+            for tid in queue.urgent(self.now + params.urgency_horizon_s):
+                urgent.append(tid)
+                if len(urgent) >= params.max_scan:
+                    break
+            for tid in urgent:
+                seen.add(tid)
+                yield tid
+        groups = queue.groups()
+        cursors: dict[str, int] = {}
+        while True:
+            best: tuple[tuple[float, ...], int, str] | None = None
+            for group, entries in groups.items():
+                i = cursors.get(group, 0)
+                while i < len(entries) and entries[i][2] in seen:
+                    i += 1
+                cursors[group] = i
+                if i >= len(entries):
+                    continue
+                key, seq, _ = entries[i]
+                if self.policy.fair_share:
+                    key = (key[0] + params.fair_share_s * self._share(group), *key[1:])
+                if best is None or (key, seq) < best[:2]:
+                    best = (key, seq, group)
+            if best is None:
+                return
+            group = best[2]
+            tid = groups[group][cursors[group]][2]
+            seen.add(tid)
+            yield tid
+            if tid in queue:
+                cursors[group] += 1
+
+    def _share(self, tenant: str) -> float:
+        alloc = self.core.tenant_alloc.get(tenant)
+        if not alloc:
+            return 0.0
+        return max((a / t for a, t in zip(alloc, self.totals, strict=True) if t > 0), default=0.0)
+
+    # ------------------------------------------------------------------ steps 2-4
+    def run(self) -> None:
+        examined = 0
+        strict = self.policy.backfill == "none"
+        for tid in self._order():
+            if examined >= self.params.max_scan or not self._anything_free():
+                break
+            examined += 1
+            rec = self.core.tasks[tid]
+            spec = rec.spec
+            shape = (spec.shape, spec.allowed_hardware, tuple(sorted(spec.governance.items())))
+            if shape in self.failed_shapes:
+                if strict:
+                    break
+                self.blocked.append(rec)
+                continue
+            if not self._try(rec, shape) and strict:
+                break
+        if self.policy.preemption and self.blocked:
+            self._preempt()
+
+    def _anything_free(self) -> bool:
+        c, n = self.cluster, self.cluster.size
+        alive = c.alive[:n]
+        return bool((c.cpu_free[:n][alive] > 0).any())
+
+    def _try(self, rec: TaskRecord, shape: object) -> bool:
+        spec, c = rec.spec, self.cluster
+        runtimes = self.core.runtimes(rec)
+        mask = c.fit_mask(spec)
+        for row, res in self.reservations.items():
+            if mask[row] and not res.admits(spec, float(runtimes[c.hw[row]]), self.now):
+                mask[row] = False
+        rows = np.flatnonzero(mask)
+        wait = None
+        if self.policy.hardware_aware:
+            fitting = set(np.unique(c.hw[rows]).tolist()) if rows.size else set()
+            wait = self._best_wait(rec, runtimes, exclude=fitting)
+        if rows.size == 0:
+            self.failed_shapes.add(shape)
+            self._block(rec, runtimes, wait)
+            return False
+        chosen, candidates = self._choose(spec, rows, runtimes)
+        runtime = float(runtimes[c.hw[chosen]])
+        if wait is not None and wait.completion_s < self.now + runtime * (1 - self.params.wait_margin):
+            self._block(rec, runtimes, wait)
+            return False
+        self._assign(rec, chosen, runtime, candidates, wait)
+        return True
+
+    def _choose(
+        self, spec: TaskSpec, rows: IntArray, runtimes: FloatArray
+    ) -> tuple[int, list[Candidate]]:
+        core, c = self.core, self.cluster
+        ctx = ScoreContext(
+            cluster=c,
+            now=self.now,
+            runtime_by_hw=runtimes,
+            occupancy_s=core.occupancy_s,
+            rng=core.rng,
+            round_robin_next=core.round_robin_next,
+            workload=core.workload.target,
+        )
+        cand = rows
+        primary: FloatArray | None = None
+        for scorer in self.policy.scorers:
+            scores = scorer.score(spec, cand, ctx)
+            if primary is None:
+                primary = scores
+                candidates = self._candidates(rows, scores, runtimes)
+            top = scores.max()
+            cand = cand[scores == top]
+            if cand.shape[0] == 1:
+                break
+        return int(cand[0]), candidates
+
+    def _candidates(
+        self, rows: IntArray, scores: FloatArray, runtimes: FloatArray
+    ) -> list[Candidate]:
+        """The best node of each hardware class, by the primary score."""
+        c = self.cluster
+        hws = c.hw[rows]
+        out = []
+        for h in np.unique(hws):
+            in_class = np.flatnonzero(hws == h)
+            best = in_class[np.argmax(scores[in_class])]
+            row = int(rows[best])
+            out.append(
+                Candidate(
+                    node_id=c.node_ids[row],
+                    hardware=c.hardware_names[int(h)],
+                    score=float(scores[best]),
+                    predicted_runtime_s=float(runtimes[int(h)]),
+                    expected_start_s=self.now,
+                )
+            )
+        return out
+
+    def _assign(
+        self,
+        rec: TaskRecord,
+        row: int,
+        runtime: float,
+        candidates: list[Candidate],
+        wait: WaitOption | None,
+    ) -> None:
+        core, c, spec = self.core, self.cluster, rec.spec
+        hardware = c.specs[row].hardware
+        if wait is not None:
+            candidates.append(self._wait_candidate(wait, rec))
+        core.decisions += 1
+        decision_id = f"{core.config.decision_prefix}-{core.decisions:08d}"
+        rec.attempt += 1
+        rec.predicted_s = runtime
+        rec.predicted_full_s = core.forecaster.predict(spec, hardware)
+        rec.assigned_at, rec.started_at = self.now, None
+        rec.reported_progress = rec.progress
+        rec.decision_id = decision_id
+        gpus = c.choose_gpus(row, spec)
+        core.hold(rec, row, gpus)
+        core.queue.remove(spec.task_id)
+        res = self.reservations.get(row)
+        if res is not None:
+            res.consume(spec, runtime, self.now)
+        core.round_robin_next = row + 1
+        reason = self._reason(hardware, runtime, candidates)
+        decision = Decision(
+            decision_id=decision_id,
+            stimulus_id=self.stimulus_id,
+            task_id=spec.task_id,
+            attempt=rec.attempt,
+            policy=self.policy.name,
+            policy_version=self.policy.version,
+            model_version=core.forecaster.version,
+            decided_at_s=self.now,
+            chosen_node_id=c.node_ids[row],
+            chosen_hardware=hardware,
+            predicted_runtime_s=runtime,
+            reason=reason,
+            candidates=tuple(candidates),
+        )
+        core.transition(rec, S.ASSIGNED, f"{decision_id}: {reason}", self.now)
+        core.emit(
+            Assign(
+                stimulus_id=self.stimulus_id,
+                task_id=spec.task_id,
+                attempt=rec.attempt,
+                node_id=c.node_ids[row],
+                hardware=hardware,
+                gpu_indices=gpus,
+                gpu_milli=spec.gpu_milli if spec.is_gpu_share else (GPU_MILLI if spec.gpus else 0),
+                predicted_runtime_s=runtime,
+                resume_progress=rec.progress,
+                decision=decision,
+            )
+        )
+        core.check_deadline(rec, self.now, self.now + runtime)
+
+    def _reason(self, hardware: str, runtime: float, candidates: list[Candidate]) -> str:
+        scorers = "+".join(s.name for s in self.policy.scorers)
+        others = ", ".join(
+            f"{cand.hardware} {cand.expected_start_s - self.now + cand.predicted_runtime_s:.0f}s"
+            for cand in candidates
+            if cand.hardware != hardware
+        )
+        text = f"{self.policy.name} ({scorers}): {hardware}, predicted {runtime:.0f}s"
+        return f"{text}; alternatives: {others}" if others else text
+
+    def _wait_candidate(self, wait: WaitOption, rec: TaskRecord) -> Candidate:
+        c = self.cluster
+        return Candidate(
+            node_id=c.node_ids[wait.row],
+            hardware=c.hardware_names[wait.hardware_index],
+            score=-wait.completion_s,
+            predicted_runtime_s=wait.completion_s - wait.start_s,
+            expected_start_s=wait.start_s,
+        )
+
+    # ------------------------------------------------------------------ waiting
+    def _block(self, rec: TaskRecord, runtimes: FloatArray, wait: WaitOption | None) -> None:
+        self.blocked.append(rec)
+        if self.policy.backfill != "reserve":
+            return
+        if len(self.reservations) >= self.params.max_reservations:
+            return
+        if wait is None:
+            wait = self._best_wait(rec, runtimes, exclude=set())
+        if wait is None or not math.isfinite(wait.start_s):
+            return
+        self.core.check_deadline(rec, self.now, wait.completion_s)
+        spare = self._free_at(rec.spec, wait.row, wait.start_s)
+        self.reservations[wait.row] = Reservation(
+            rec.spec.task_id,
+            wait.row,
+            wait.start_s,
+            spare_gpus=spare[0] - rec.spec.gpus,
+            spare_cpu=spare[1] - rec.spec.cpu_milli,
+            spare_mem=spare[2] - rec.spec.memory_mib,
+        )
+
+    def _best_wait(
+        self, rec: TaskRecord, runtimes: FloatArray, exclude: set[int]
+    ) -> WaitOption | None:
+        best: WaitOption | None = None
+        for h, runtime in enumerate(runtimes.tolist()):
+            if h in exclude or not math.isfinite(runtime):
+                continue
+            start, row = self._earliest_start(rec.spec, h)
+            if row >= 0 and (best is None or start + runtime < best.completion_s):
+                best = WaitOption(h, row, start, start + runtime)
+        return best
+
+    def _earliest_start(self, spec: TaskSpec, hw_index: int) -> tuple[float, int]:
+        """Earliest predicted time a node of the class could host ``spec``, from the
+        predicted ends of the attempts on it (reserved nodes are left to their owner)."""
+        c, core = self.cluster, self.core
+        n = c.size
+        mask = (c.hw[:n] == hw_index) & c.alive[:n] & (c.cpu_cap[:n] >= spec.cpu_milli)
+        mask &= (c.mem_cap[:n] >= spec.memory_mib) & (c.gpu_cap[:n] >= spec.gpus)
+        labels = c.label_mask(spec.governance)
+        if labels is not None:
+            mask &= labels
+        rows = np.flatnonzero(mask)
+        if rows.size == 0:
+            return math.inf, -1
+        bound = core.row_next_end[rows]
+        best_t, best_row = math.inf, -1
+        for i in np.argsort(bound, kind="stable"):
+            row = int(rows[i])
+            if bound[i] >= best_t:
+                break
+            if row in self.reservations:
+                continue
+            t = self._row_fit_time(spec, row)
+            if t < best_t:
+                best_t, best_row = t, row
+        return best_t, best_row
+
+    def _running_by_end(self, row: int) -> list[tuple[float, TaskRecord]]:
+        recs = [self.core.tasks[t] for t in self.core.on_row.get(row, ())]
+        return sorted(((r.predicted_end(self.now), r) for r in recs), key=lambda e: (e[0], e[1].spec.task_id))
+
+    def _row_fit_time(self, spec: TaskSpec, row: int) -> float:
+        c = self.cluster
+        gpu = c.gpu_free[row].copy()
+        cpu, mem = int(c.cpu_free[row]), int(c.mem_free[row])
+        if _fits(spec, gpu, cpu, mem):
+            return self.now
+        for end, r in self._running_by_end(row):
+            cpu += r.spec.cpu_milli
+            mem += r.spec.memory_mib
+            per = r.spec.gpu_milli if r.spec.is_gpu_share else GPU_MILLI
+            for g in r.gpu_indices:
+                gpu[g] += per
+            if _fits(spec, gpu, cpu, mem):
+                return end
+        return math.inf
+
+    def _free_at(self, spec: TaskSpec, row: int, when: float) -> tuple[int, int, int]:
+        """(whole GPUs, cpu, memory) free on ``row`` at ``when`` by predicted ends."""
+        c = self.cluster
+        gpu = c.gpu_free[row].copy()
+        cpu, mem = int(c.cpu_free[row]), int(c.mem_free[row])
+        for end, r in self._running_by_end(row):
+            if end > when:
+                break
+            cpu += r.spec.cpu_milli
+            mem += r.spec.memory_mib
+            per = r.spec.gpu_milli if r.spec.is_gpu_share else GPU_MILLI
+            for g in r.gpu_indices:
+                gpu[g] += per
+        return int((gpu == GPU_MILLI).sum()), cpu, mem
+
+    # ------------------------------------------------------------------ step 5
+    def _preempt(self) -> None:
+        checks = 0
+        for rec in self.blocked:
+            if checks >= self.params.max_preemption_checks:
+                return
+            if rec.state is not S.QUEUED:
+                continue
+            checks += 1
+            self._try_preempt(rec)
+
+    def _try_preempt(self, rec: TaskRecord) -> bool:
+        core, c, p, spec = self.core, self.cluster, self.params, rec.spec
+        runtimes = core.runtimes(rec)
+        n = c.size
+        mask = c.alive[:n] & (c.cpu_cap[:n] >= spec.cpu_milli) & (c.gpu_cap[:n] >= spec.gpus)
+        mask &= c.mem_cap[:n] >= spec.memory_mib
+        if spec.allowed_hardware:
+            mask &= c.hardware_mask(spec.allowed_hardware)
+        labels = c.label_mask(spec.governance)
+        if labels is not None:
+            mask &= labels
+        rows = np.flatnonzero(mask)
+        rows = rows[np.argsort(runtimes[c.hw[rows]], kind="stable")][:64]
+        overhead = p.restart_overhead_s if rec.progress > 0 else 0.0
+        for row in rows.tolist():
+            if row in self.reservations and self.reservations[row].task_id != spec.task_id:
+                continue
+            runtime = float(runtimes[c.hw[row]]) + overhead
+            victims = self._victims(rec, row, runtime)
+            chosen = self._enough(spec, row, victims)
+            if chosen:
+                self._issue_preemptions(rec, row, chosen)
+                return True
+        return False
+
+    def _victims(self, rec: TaskRecord, row: int, runtime: float) -> list[TaskRecord]:
+        p, now, spec = self.params, self.now, rec.spec
+        saves_deadline = (
+            spec.deadline_s is not None
+            and now + runtime <= spec.deadline_s
+            and rec.deadline_flagged
+        )
+        out = []
+        for v in (self.core.tasks[t] for t in self.core.on_row.get(row, ())):
+            vs = v.spec
+            if not vs.preemptible or v.preempting or v.state is not S.RUNNING:
+                continue
+            if v.preemptions >= p.max_preemptions or v.started_at is None:
+                continue
+            if now - v.started_at < p.preempt_min_run_s:
+                continue
+            remaining = v.predicted_end(now) - now
+            higher = spec.priority.rank < vs.priority.rank
+            lower_or_same = spec.priority.rank <= vs.priority.rank
+            shorter = lower_or_same and remaining > p.preempt_factor * runtime
+            deadline = saves_deadline and lower_or_same and vs.deadline_s is None
+            if higher or shorter or deadline:
+                out.append(v)
+        out.sort(key=lambda v: (-(v.predicted_end(now)), v.spec.task_id))
+        return out
+
+    def _enough(self, spec: TaskSpec, row: int, victims: list[TaskRecord]) -> list[TaskRecord]:
+        c = self.cluster
+        gpu = c.gpu_free[row].copy()
+        cpu, mem = int(c.cpu_free[row]), int(c.mem_free[row])
+        chosen = []
+        for v in victims:
+            chosen.append(v)
+            cpu += v.spec.cpu_milli
+            mem += v.spec.memory_mib
+            per = v.spec.gpu_milli if v.spec.is_gpu_share else GPU_MILLI
+            for g in v.gpu_indices:
+                gpu[g] += per
+            if _fits(spec, gpu, cpu, mem):
+                return chosen
+        return []
+
+    def _issue_preemptions(self, rec: TaskRecord, row: int, victims: list[TaskRecord]) -> None:
+        core = self.core
+        core.decisions += 1
+        decision_id = f"{core.config.decision_prefix}-{core.decisions:08d}"
+        for v in victims:
+            v.preempting = True
+            core.emit(
+                Preempt(
+                    stimulus_id=self.stimulus_id,
+                    task_id=v.spec.task_id,
+                    attempt=v.attempt,
+                    node_id=self.cluster.node_ids[row],
+                    reason=f"make room for {rec.spec.task_id} ({rec.spec.priority})",
+                    for_task_id=rec.spec.task_id,
+                    decision_id=decision_id,
+                )
+            )
+
+
+def _fits(spec: TaskSpec, gpu: IntArray, cpu: int, mem: int) -> bool:
+    if cpu < spec.cpu_milli or mem < spec.memory_mib:
+        return False
+    if spec.gpus == 0:
+        return True
+    if spec.is_gpu_share:
+        return bool((gpu >= spec.gpu_milli).any())
+    return int((gpu == GPU_MILLI).sum()) >= spec.gpus

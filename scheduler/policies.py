@@ -1,0 +1,143 @@
+"""Policies: a queue order, a list of scorers and a few mechanism switches, by name.
+
+=============== ===================================================================
+``fifo``        strict first-in first-out: the head blocks the queue; first fitting node
+``random``      FIFO order, skip what does not fit, a random fitting node (seeded)
+``round-robin`` FIFO order, skip what does not fit, the next fitting node in turn
+``least-loaded`` FIFO order, skip, the node with most free capacity left (spread)
+``best-fit``    FIFO order, skip, the node with least free capacity left (Kubernetes'
+                MostAllocated packing)
+``dask-like``   FIFO order, skip, the node with least predicted work per slot, runtimes
+                from Dask's per-type ``0.5*new + 0.5*old`` average
+``forecast``    ours: aged shortest-predicted-first with priority classes, deadline slack,
+                tenant fair share (DRF), heterogeneity-aware placement by predicted
+                completion (waits for faster hardware when it pays), EASY backfilling
+                with reservations for blocked jobs, FGD packing for GPU shares, and
+                checkpoint-restart preemption
+``oracle``      ``forecast`` with the true runtimes (simulation only): the limit
+=============== ===================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from .plugins import (
+    AgedShortestFirst,
+    FirstFit,
+    LeastAllocated,
+    LeastFragmentation,
+    LeastOccupancy,
+    MostAllocated,
+    PredictedCompletion,
+    PriorityFifo,
+    QueueSort,
+    RandomScore,
+    RoundRobin,
+    Scorer,
+)
+
+Backfill = Literal["none", "greedy", "reserve"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyParams:
+    """Tunables of the mechanism (the ``forecast`` family uses all of them)."""
+
+    #: Aged shortest-first: seconds of waiting worth one second of predicted runtime.
+    sjf_weight: float = 1.0
+    #: Tasks examined per scheduling cycle (like Slurm's bf_max_job_test).
+    max_scan: int = 512
+    #: Blocked tasks per cycle that get a reservation (EASY backfilling uses 1 per class).
+    max_reservations: int = 4
+    #: Wait for faster hardware only if it finishes at least this much sooner (fraction).
+    wait_margin: float = 0.1
+    #: Deadline tasks whose latest start is within this horizon go before everything else.
+    urgency_horizon_s: float = 3600.0
+    #: Preempt a victim only if its remaining time exceeds the newcomer's runtime times this.
+    preempt_factor: float = 2.0
+    #: A victim must have run this long in its current attempt (no thrashing).
+    preempt_min_run_s: float = 300.0
+    #: A task is preempted at most this many times.
+    max_preemptions: int = 2
+    #: Seconds a restarted attempt spends restoring its checkpoint (assumed by the policy).
+    restart_overhead_s: float = 30.0
+    #: Tenant fair share: a tenant holding the whole cluster is pushed back this long.
+    fair_share_s: float = 86400.0
+    #: Blocked tasks per cycle that may trigger preemption.
+    max_preemption_checks: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    version: str
+    queue_sort: QueueSort
+    scorers: tuple[Scorer, ...]
+    backfill: Backfill
+    hardware_aware: bool = False
+    preemption: bool = False
+    fair_share: bool = False
+    deadline_aware: bool = False
+    #: Which built-in forecaster the policy uses by default.
+    forecaster: Literal["running-mean", "dask-like", "oracle"] = "running-mean"
+    params: PolicyParams = field(default_factory=PolicyParams)
+
+
+def _baseline(name: str, scorer: Scorer, forecaster: str = "running-mean") -> Policy:
+    return Policy(
+        name=name,
+        version=f"{name}/1",
+        queue_sort=PriorityFifo(),
+        scorers=(scorer,),
+        backfill="greedy",
+        forecaster=forecaster,  # type: ignore[arg-type]
+    )
+
+
+def _forecast(name: str = "forecast", forecaster: str = "running-mean") -> Policy:
+    return Policy(
+        name=name,
+        version=f"{name}/1",
+        queue_sort=AgedShortestFirst(),
+        scorers=(PredictedCompletion(), LeastFragmentation(), MostAllocated()),
+        backfill="reserve",
+        hardware_aware=True,
+        preemption=True,
+        fair_share=True,
+        deadline_aware=True,
+        forecaster=forecaster,  # type: ignore[arg-type]
+    )
+
+
+_REGISTRY: dict[str, Policy] = {
+    "fifo": Policy(
+        name="fifo",
+        version="fifo/1",
+        queue_sort=PriorityFifo(),
+        scorers=(FirstFit(),),
+        backfill="none",
+    ),
+    "random": _baseline("random", RandomScore()),
+    "round-robin": _baseline("round-robin", RoundRobin()),
+    "least-loaded": _baseline("least-loaded", LeastAllocated()),
+    "best-fit": _baseline("best-fit", MostAllocated()),
+    "dask-like": _baseline("dask-like", LeastOccupancy(), forecaster="dask-like"),
+    "forecast": _forecast(),
+    "oracle": _forecast("oracle", forecaster="oracle"),
+}
+
+POLICY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get_policy(name: str, **params: float) -> Policy:
+    """The policy called ``name``, with ``params`` overriding :class:`PolicyParams`."""
+    try:
+        policy = _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(POLICY_NAMES)
+        raise ValueError(f"unknown policy {name!r}; known policies: {known}") from None
+    if params:
+        policy = replace(policy, params=replace(policy.params, **params))
+    return policy
