@@ -1,0 +1,109 @@
+"""Decision records: the assignment an executor runs, and the audit record explaining it.
+
+Both carry the same ``decision_id``, which also appears in log lines and Kafka headers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StrictFloat, StrictInt, ValidationInfo, field_validator
+
+from .envelope import EventEnvelope, WireModel
+from .types import (
+    MAX_GPUS,
+    MAX_LIST_ITEMS,
+    Argv,
+    Attempt,
+    EnvMap,
+    Fraction,
+    HardwareClass,
+    Identifier,
+    Text,
+    fail,
+)
+
+_GpuIndex = Annotated[StrictInt, Field(ge=0, lt=MAX_GPUS)]
+_Seconds = Annotated[StrictFloat, Field(ge=0)]
+
+
+class Assignment(EventEnvelope):
+    """Run attempt ``attempt`` of ``task_id`` on ``node_id``. Published to the topic of its
+    hardware class, ``sched.assignments.<hardware>``.
+
+    Carries everything the executor needs, so it never looks up the submission.
+    """
+
+    type: Literal["task.assigned"] = "task.assigned"
+    decision_id: Identifier
+    task_id: Identifier
+    attempt: Attempt
+    node_id: Identifier
+    hardware: HardwareClass
+    gpu_indices: tuple[_GpuIndex, ...] = Field(
+        default=(),
+        max_length=MAX_GPUS,
+        description="Indices of the node's GPUs the attempt may use (CUDA_VISIBLE_DEVICES).",
+    )
+    gpu_milli: StrictInt = Field(
+        default=0, ge=0, le=1000, description="Milli-GPU per listed GPU (1000: whole GPUs)."
+    )
+    predicted_runtime_s: _Seconds
+    resume_progress: Fraction = Field(
+        default=0.0, description="Fraction of the work done by earlier attempts (checkpoint)."
+    )
+    command: Argv = ()
+    env: EnvMap = Field(default_factory=dict)
+    tenant: Identifier
+    task_type: Identifier
+
+    @field_validator("gpu_indices")
+    @classmethod
+    def _distinct_gpus(cls, indices: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(indices)) != len(indices):
+            fail("duplicate_item", f"GPU indices must be distinct, got {list(indices)}")
+        return indices
+
+    @field_validator("gpu_milli")
+    @classmethod
+    def _gpu_milli_matches(cls, gpu_milli: int, info: ValidationInfo) -> int:
+        indices = info.data.get("gpu_indices")
+        if indices is None:
+            return gpu_milli
+        if not indices and gpu_milli != 0:
+            fail("gpu_milli_without_gpus", f"gpu_milli={gpu_milli} needs gpu_indices")
+        if indices and gpu_milli == 0:
+            fail("gpu_milli_zero", "must be 1..1000 when gpu_indices are given")
+        if len(indices) > 1 and gpu_milli != 1000:
+            fail("gpu_share_multi_gpu", "a GPU share (gpu_milli < 1000) uses exactly one GPU")
+        return gpu_milli
+
+
+class DecisionCandidate(WireModel):
+    """One option the policy weighed. ``score`` is higher-is-better, or null when the
+    candidate was infeasible (``-inf`` in the core; JSON has no infinities)."""
+
+    node_id: Identifier
+    hardware: HardwareClass
+    score: StrictFloat | None
+    predicted_runtime_s: _Seconds
+    expected_start_s: _Seconds = Field(description="Predicted wait before the start, seconds.")
+
+
+class DecisionAudit(EventEnvelope):
+    """Why a placement or preemption was made. Published to ``sched.decisions``."""
+
+    type: Literal["decision.audit"] = "decision.audit"
+    decision_id: Identifier
+    stimulus_id: Identifier = Field(description="The event that triggered the decision.")
+    task_id: Identifier
+    attempt: Attempt
+    policy: Identifier
+    policy_version: Identifier
+    model_version: Identifier = Field(description="Version of the forecasting models used.")
+    decided_at_s: StrictFloat = Field(description="Scheduler-core time of the decision, seconds.")
+    chosen_node_id: Identifier
+    chosen_hardware: HardwareClass
+    predicted_runtime_s: _Seconds
+    reason: Text
+    candidates: tuple[DecisionCandidate, ...] = Field(default=(), max_length=MAX_LIST_ITEMS)
