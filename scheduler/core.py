@@ -125,6 +125,8 @@ class SchedulerCore:
         self.workload = WorkloadProfile()
         self.decisions = 0
         self.last_seen: dict[str, float] = {}
+        #: Queued task ids by task type, to re-key them when learning changes predictions.
+        self.queued_by_type: dict[str, set[str]] = {}
         self._out: list[Instruction] = []
         self._stimulus = ""
         self._handlers: dict[type, Callable[[Any, float], None]] = {
@@ -227,8 +229,30 @@ class SchedulerCore:
         if self.policy.deadline_aware and spec.deadline_s is not None:
             latest_start = spec.deadline_s - best
         self.queue.push(spec.task_id, group, key, latest_start)
+        self.queued_by_type.setdefault(spec.task_type, set()).add(spec.task_id)
         self.transition(rec, S.QUEUED, reason, now)
         self.check_deadline(rec, now, now + best)
+
+    def dequeue(self, task_id: str) -> None:
+        self.queue.remove(task_id)
+        self.queued_by_type[self.tasks[task_id].spec.task_type].discard(task_id)
+
+    def _rekey_type(self, task_type: str) -> None:
+        """Queue keys are static; when learning moved a type's predictions, re-key its
+        queued tasks so the order reflects what the model now believes."""
+        for tid in sorted(self.queued_by_type.get(task_type, ())):
+            rec = self.tasks[tid]
+            best = self.best_runtime(rec)
+            key = self.policy.queue_sort.key(
+                rec.spec, SortContext(rec.submitted_at, best, self.policy.params.sjf_weight)
+            )
+            if key == self.queue.key_of(tid):
+                continue
+            group = self.queue.group_of(tid)
+            deadline = rec.spec.deadline_s
+            latest = deadline - best if self.policy.deadline_aware and deadline else None
+            self.queue.remove(tid)
+            self.queue.push(tid, group, key, latest)
 
     def check_deadline(self, rec: TaskRecord, now: float, predicted_finish: float) -> None:
         deadline = rec.spec.deadline_s
@@ -380,7 +404,11 @@ class SchedulerCore:
                 Learned(self._stimulus, rec.spec.task_id, rec.hardware,
                         rec.predicted_full_s, observed_full)
             )
+            before = self.forecaster.predict(rec.spec, rec.hardware)
             self.forecaster.learn(rec.spec, rec.hardware, observed_full)
+            after = self.forecaster.predict(rec.spec, rec.hardware)
+            if abs(after - before) > 0.05 * before:
+                self._rekey_type(rec.spec.task_type)
         self.release(rec)
         rec.progress = 1.0
         self.transition(rec, S.SUCCEEDED, "completed", now)
@@ -425,7 +453,7 @@ class SchedulerCore:
 
     def _cancel(self, rec: TaskRecord, reason: str, now: float) -> None:
         if rec.spec.task_id in self.queue:
-            self.queue.remove(rec.spec.task_id)
+            self.dequeue(rec.spec.task_id)
         if rec.state in statemachine.HOLDS_RESOURCES and rec.node_id is not None:
             self.emit(StopAttempt(self._stimulus, rec.spec.task_id, rec.attempt, rec.node_id, reason))
             self.release(rec)

@@ -246,7 +246,7 @@ class _Cycle:
         rec.decision_id = decision_id
         gpus = c.choose_gpus(row, spec)
         core.hold(rec, row, gpus)
-        core.queue.remove(spec.task_id)
+        core.dequeue(spec.task_id)
         res = self.reservations.get(row)
         if res is not None:
             res.consume(spec, runtime, self.now)

@@ -54,27 +54,45 @@ class _Mean:
         self.mean += (x - self.mean) / self.count
 
 
+Kind = tuple[str, int, int]
+
+
+def task_kind(task: TaskSpec) -> Kind:
+    """What makes two tasks comparable: their type and width (GPUs, GPU share)."""
+    return (task.task_type, task.gpus, task.gpu_milli)
+
+
 class RunningMeanForecaster:
-    """A running mean of seconds per unit of declared work, per (task type, hardware).
+    """A running mean of seconds per unit of declared work, per (task kind, hardware), where
+    the kind is the task type and its width (:func:`task_kind`).
 
-    Before a (type, hardware) pair has been seen it still answers sensibly, trying in turn:
+    Before a (kind, hardware) pair has been seen it still answers sensibly, trying in turn:
 
-    1. the same type on another hardware class, scaled by how the two classes compare on
-       the types seen on both (geometric mean of their per-type speed ratios);
-    2. the user's declared runtime estimate;
-    3. the mean rate of every type on that hardware (then on any hardware) times the
-       declared work;
-    4. :data:`DEFAULT_RUNTIME_S`.
+    1. the same kind on other hardware classes, scaled by how each compares with the target
+       class on the kinds seen on both (geometric mean of per-kind speed ratios);
+    2. the same type at another width on this hardware, assuming linear scaling;
+    3. the user's declared runtime estimate;
+    4. for a type never seen: either the geometric mean rate on that hardware times the
+       declared work, or the geometric mean runtime on that hardware, whichever has been
+       more accurate so far on first sightings of a kind (scored online in log space:
+       rates of different types differ by orders of magnitude, and declared work is not
+       always comparable across types);
+    5. :data:`DEFAULT_RUNTIME_S`.
     """
 
     name = "running-mean"
 
     def __init__(self, default_runtime_s: float = DEFAULT_RUNTIME_S) -> None:
         self.default_runtime_s = default_runtime_s
-        self._rate: dict[tuple[str, str], _Mean] = {}
-        self._by_type: dict[str, dict[str, _Mean]] = {}
+        self._rate: dict[tuple[Kind, str], _Mean] = {}
+        self._by_kind: dict[Kind, dict[str, _Mean]] = {}
+        self._widths: dict[tuple[str, str], dict[int, _Mean]] = {}
         self._hw_rate: dict[str, _Mean] = {}
         self._any_rate = _Mean()
+        self._hw_log_runtime: dict[str, _Mean] = {}
+        #: Mean |log error| of the two cold-start fallbacks on first sightings.
+        self._cold_error = {"rate": _Mean(), "runtime": _Mean()}
+        self._types_seen: set[str] = set()
         self._learned = 0
         self._ratio_cache: dict[tuple[str, str], float] = {}
 
@@ -89,35 +107,66 @@ class RunningMeanForecaster:
         if not (observed_s > 0 and math.isfinite(observed_s)):
             return
         rate = observed_s / _work_units(task)
-        stat = self._rate.get((task.task_type, hardware))
+        kind = task_kind(task)
+        if task.task_type not in self._types_seen:
+            for name, guess in self._cold_guesses(task, hardware).items():
+                self._cold_error[name].add(abs(math.log(guess / observed_s)))
+            self._types_seen.add(task.task_type)
+        stat = self._rate.get((kind, hardware))
         if stat is None:
-            stat = self._rate[(task.task_type, hardware)] = _Mean()
-            self._by_type.setdefault(task.task_type, {})[hardware] = stat
+            stat = self._rate[(kind, hardware)] = _Mean()
+            self._by_kind.setdefault(kind, {})[hardware] = stat
+            self._widths.setdefault((task.task_type, hardware), {})[max(task.gpus, 1)] = stat
         stat.add(rate)
-        self._hw_rate.setdefault(hardware, _Mean()).add(rate)
-        self._any_rate.add(rate)
+        self._hw_rate.setdefault(hardware, _Mean()).add(math.log(rate))
+        self._hw_log_runtime.setdefault(hardware, _Mean()).add(math.log(observed_s))
+        self._any_rate.add(math.log(rate))
         self._learned += 1
         self._ratio_cache.clear()
 
     def predict(self, task: TaskSpec, hardware: str) -> float:
         work = _work_units(task)
-        stat = self._rate.get((task.task_type, hardware))
+        kind = task_kind(task)
+        stat = self._rate.get((kind, hardware))
         if stat is not None:
             return max(stat.mean * work, 1e-3)
-        seen = self._by_type.get(task.task_type)
+        seen = self._by_kind.get(kind)
         if seen:
             estimates = [
                 s.mean * self._speed_ratio(hardware, other) for other, s in sorted(seen.items())
             ]
             return max(math.exp(sum(map(math.log, estimates)) / len(estimates)) * work, 1e-3)
+        widths = self._widths.get((task.task_type, hardware))
+        if widths:
+            # Nearest measured width, scaled linearly (twice the GPUs, half the time).
+            width = max(task.gpus, 1)
+            nearest = min(widths, key=lambda w: (abs(w - width), w))
+            return max(widths[nearest].mean * nearest / width * work, 1e-3)
         if task.declared_runtime_s:
             return task.declared_runtime_s
-        hw = self._hw_rate.get(hardware)
-        if hw is not None and task.declared_work > 0:
-            return max(hw.mean * work, 1e-3)
-        if self._any_rate.count and task.declared_work > 0:
-            return max(self._any_rate.mean * work, 1e-3)
-        return self.default_runtime_s
+        guesses = self._cold_guesses(task, hardware)
+        if not guesses:
+            return self.default_runtime_s
+        err = self._cold_error
+        use_runtime = "rate" not in guesses or (
+            "runtime" in guesses
+            and err["runtime"].count > 0
+            and err["runtime"].mean < err["rate"].mean
+        )
+        return guesses["runtime"] if use_runtime else guesses["rate"]
+
+    def _cold_guesses(self, task: TaskSpec, hardware: str) -> dict[str, float]:
+        """The two estimates for a type never seen (see the class docstring)."""
+        out = {}
+        rate = self._hw_rate.get(hardware) or (self._any_rate if self._any_rate.count else None)
+        if rate is not None and task.declared_work > 0:
+            out["rate"] = max(math.exp(rate.mean) * task.declared_work, 1e-3)
+        runtime = self._hw_log_runtime.get(hardware)
+        if runtime is None and self._hw_log_runtime:
+            runtime = self._hw_log_runtime[min(self._hw_log_runtime)]
+        if runtime is not None:
+            out["runtime"] = max(math.exp(runtime.mean), 1e-3)
+        return out
 
     def _speed_ratio(self, target: str, source: str) -> float:
         """How many times longer a type takes on ``target`` than on ``source`` (1.0 if no
@@ -128,7 +177,7 @@ class RunningMeanForecaster:
             return cached
         logs = [
             math.log(by_hw[target].mean / by_hw[source].mean)
-            for by_hw in self._by_type.values()
+            for by_hw in self._by_kind.values()
             if target in by_hw and source in by_hw and by_hw[source].mean > 0
         ]
         ratio = math.exp(sum(logs) / len(logs)) if logs else 1.0

@@ -187,7 +187,7 @@ class LeastFragmentation:
     name: str = "least-fragmentation"
 
     def score(self, task: TaskSpec, rows: IntArray, ctx: ScoreContext) -> FloatArray:
-        if task.gpus == 0 or ctx.workload.empty:
+        if ctx.workload.empty:
             return np.zeros(rows.shape[0], np.float64)
         out = np.full(rows.shape[0], -np.inf)
         picked = np.arange(rows.shape[0])
