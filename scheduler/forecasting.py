@@ -88,7 +88,6 @@ class RunningMeanForecaster:
         self._by_kind: dict[Kind, dict[str, _Mean]] = {}
         self._widths: dict[tuple[str, str], dict[int, _Mean]] = {}
         self._hw_rate: dict[str, _Mean] = {}
-        self._any_rate = _Mean()
         self._hw_log_runtime: dict[str, _Mean] = {}
         #: Mean |log error| of the two cold-start fallbacks on first sightings.
         self._cold_error = {"rate": _Mean(), "runtime": _Mean()}
@@ -120,7 +119,6 @@ class RunningMeanForecaster:
         stat.add(rate)
         self._hw_rate.setdefault(hardware, _Mean()).add(math.log(rate))
         self._hw_log_runtime.setdefault(hardware, _Mean()).add(math.log(observed_s))
-        self._any_rate.add(math.log(rate))
         self._learned += 1
         self._ratio_cache.clear()
 
@@ -156,16 +154,16 @@ class RunningMeanForecaster:
         return guesses["runtime"] if use_runtime else guesses["rate"]
 
     def _cold_guesses(self, task: TaskSpec, hardware: str) -> dict[str, float]:
-        """The two estimates for a type never seen (see the class docstring)."""
-        out = {}
-        rate = self._hw_rate.get(hardware) or (self._any_rate if self._any_rate.count else None)
-        if rate is not None and task.declared_work > 0:
-            out["rate"] = max(math.exp(rate.mean) * task.declared_work, 1e-3)
-        runtime = self._hw_log_runtime.get(hardware)
-        if runtime is None and self._hw_log_runtime:
-            runtime = self._hw_log_runtime[min(self._hw_log_runtime)]
-        if runtime is not None:
-            out["runtime"] = max(math.exp(runtime.mean), 1e-3)
+        """The two estimates for a type never seen (see the class docstring), taken on the
+        best-known hardware class and scaled to ``hardware`` by the learned speed ratio, so
+        that even a cold guess prefers the faster class."""
+        if not self._hw_log_runtime:
+            return {}
+        ref = max(self._hw_log_runtime, key=lambda h: (self._hw_log_runtime[h].count, h))
+        scale = self._speed_ratio(hardware, ref) if hardware != ref else 1.0
+        out = {"runtime": max(math.exp(self._hw_log_runtime[ref].mean) * scale, 1e-3)}
+        if task.declared_work > 0:
+            out["rate"] = max(math.exp(self._hw_rate[ref].mean) * task.declared_work * scale, 1e-3)
         return out
 
     def _speed_ratio(self, target: str, source: str) -> float:
