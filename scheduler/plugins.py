@@ -179,11 +179,15 @@ class PredictedCompletion:
 
 @dataclass(frozen=True, slots=True)
 class LeastFragmentation:
-    """FGD: the smallest growth in expected GPU fragmentation. Scores at most
-    ``max_candidates`` rows (the tightest-fitting ones), as Kubernetes scores only a share
-    of nodes in large clusters; the others get -inf."""
+    """FGD: the smallest growth in expected GPU fragmentation, among the
+    ``max_candidates`` tightest-fitting rows (least free GPU); the others get -inf.
 
-    max_candidates: int = 512
+    Scoring only a share of the nodes keeps decisions cheap in large clusters (Kubernetes
+    does the same), and restricting FGD to the tightest nodes packs better than FGD over
+    every node: on the openb trace, 128 candidates left 5.7% of GPUs unallocatable, all
+    candidates 6.6%, best fit 9.9% (``streamsched simulate --no-departures``)."""
+
+    max_candidates: int = 128
     name: str = "least-fragmentation"
 
     def score(self, task: TaskSpec, rows: IntArray, ctx: ScoreContext) -> FloatArray:
