@@ -201,9 +201,9 @@ class SchedulerCore:
         if not alloc:
             return 0.0
         totals = self.cluster.totals()
-        return max(a / t for a, t in zip(alloc, totals, strict=True) if t > 0) if any(
-            totals
-        ) else 0.0
+        return (
+            max(a / t for a, t in zip(alloc, totals, strict=True) if t > 0) if any(totals) else 0.0
+        )
 
     def running(self) -> Iterator[TaskRecord]:
         for ids in self.on_row.values():
@@ -396,13 +396,19 @@ class SchedulerCore:
         rec = self.tasks.get(ev.task_id)
         if not self._current(rec, ev.task_id, ev.attempt, "completed"):
             return
-        assert rec is not None and rec.hardware is not None
+        assert rec is not None
+        assert rec.hardware is not None
         share = 1.0 - rec.progress
         if share >= 0.05 and ev.runtime_s > 0:
             observed_full = ev.runtime_s / share
             self.emit(
-                Learned(self._stimulus, rec.spec.task_id, rec.hardware,
-                        rec.predicted_full_s, observed_full)
+                Learned(
+                    self._stimulus,
+                    rec.spec.task_id,
+                    rec.hardware,
+                    rec.predicted_full_s,
+                    observed_full,
+                )
             )
             before = self.forecaster.predict(rec.spec, rec.hardware)
             self.forecaster.learn(rec.spec, rec.hardware, observed_full)
@@ -455,7 +461,9 @@ class SchedulerCore:
         if rec.spec.task_id in self.queue:
             self.dequeue(rec.spec.task_id)
         if rec.state in statemachine.HOLDS_RESOURCES and rec.node_id is not None:
-            self.emit(StopAttempt(self._stimulus, rec.spec.task_id, rec.attempt, rec.node_id, reason))
+            self.emit(
+                StopAttempt(self._stimulus, rec.spec.task_id, rec.attempt, rec.node_id, reason)
+            )
             self.release(rec)
         self.transition(rec, S.CANCELLED, reason, now)
 
@@ -489,13 +497,15 @@ class SchedulerCore:
         assert (cpu[alive] == c.cpu_free[:n][alive]).all(), "cpu accounting drifted"
         assert (mem[alive] == c.mem_free[:n][alive]).all(), "memory accounting drifted"
         assert (gpu[alive] == c.gpu_free[:n][alive]).all(), "gpu accounting drifted"
-        assert (c.cpu_free[:n] >= 0).all() and (c.mem_free[:n] >= 0).all()
+        assert (c.cpu_free[:n] >= 0).all()
+        assert (c.mem_free[:n] >= 0).all()
         assert (c.gpu_free[:n] >= -1).all()
         queued = {t for t, r in self.tasks.items() if r.state is S.QUEUED}
         assert queued == set(self.queue.task_ids()), "queue and task states disagree"
         for tid, rec in self.tasks.items():
             if rec.state in statemachine.HOLDS_RESOURCES:
-                assert rec.row >= 0 and tid in self.on_row.get(rec.row, ()), tid
+                assert rec.row >= 0, tid
+                assert tid in self.on_row.get(rec.row, ()), tid
             else:
                 assert rec.row < 0, tid
             if rec.state in (S.QUEUED, S.ASSIGNED, S.RUNNING, S.SUCCEEDED):

@@ -170,7 +170,9 @@ class _Cycle:
             return False
         chosen, candidates = self._choose(spec, rows, runtimes)
         runtime = float(runtimes[c.hw[chosen]])
-        if wait is not None and wait.completion_s < self.now + runtime * (1 - self.params.wait_margin):
+        if wait is not None and wait.completion_s < self.now + runtime * (
+            1 - self.params.wait_margin
+        ):
             self._block(rec, runtimes, wait)
             return False
         self._assign(rec, chosen, runtime, candidates, wait)
@@ -366,7 +368,9 @@ class _Cycle:
 
     def _running_by_end(self, row: int) -> list[tuple[float, TaskRecord]]:
         recs = [self.core.tasks[t] for t in self.core.on_row.get(row, ())]
-        return sorted(((r.predicted_end(self.now), r) for r in recs), key=lambda e: (e[0], e[1].spec.task_id))
+        return sorted(
+            ((r.predicted_end(self.now), r) for r in recs), key=lambda e: (e[0], e[1].spec.task_id)
+        )
 
     def _row_fit_time(self, spec: TaskSpec, row: int) -> float:
         c = self.cluster

@@ -32,7 +32,7 @@ class TargetWorkload:
 
     @property
     def empty(self) -> bool:
-        return self.weight.shape[0] == 0
+        return bool(self.weight.shape[0] == 0)
 
 
 class WorkloadProfile:

@@ -46,7 +46,8 @@ class ScoreContext:
 
 
 class QueueSort(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def key(self, task: TaskSpec, ctx: SortContext) -> tuple[float, ...]:
         """Static sort key (lower runs first). Static means it does not depend on ``now``,
@@ -55,7 +56,8 @@ class QueueSort(Protocol):
 
 
 class Scorer(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def score(self, task: TaskSpec, rows: IntArray, ctx: ScoreContext) -> FloatArray: ...
 
@@ -112,7 +114,7 @@ class RandomScore:
     name = "random"
 
     def score(self, task: TaskSpec, rows: IntArray, ctx: ScoreContext) -> FloatArray:
-        return ctx.rng.random(rows.shape[0])
+        return np.asarray(ctx.rng.random(rows.shape[0]), np.float64)
 
 
 class RoundRobin:
@@ -163,7 +165,7 @@ class LeastOccupancy:
     def score(self, task: TaskSpec, rows: IntArray, ctx: ScoreContext) -> FloatArray:
         c = ctx.cluster
         slots = np.where(c.gpu_cap[rows] > 0, c.gpu_cap[rows], c.cpu_cap[rows] / 1000.0)
-        return -(ctx.occupancy_s[rows] / np.maximum(slots, 1.0))
+        return np.asarray(-(ctx.occupancy_s[rows] / np.maximum(slots, 1.0)), np.float64)
 
 
 class PredictedCompletion:

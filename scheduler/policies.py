@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from .plugins import (
     AgedShortestFirst,
@@ -131,7 +131,7 @@ _REGISTRY: dict[str, Policy] = {
 POLICY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
-def get_policy(name: str, **params: float) -> Policy:
+def get_policy(name: str, **params: Any) -> Policy:
     """The policy called ``name``, with ``params`` overriding :class:`PolicyParams`."""
     try:
         policy = _REGISTRY[name]

@@ -27,10 +27,10 @@ ALLOWED: dict[TaskState | None, frozenset[TaskState]] = {
 HOLDS_RESOURCES = frozenset({S.ASSIGNED, S.RUNNING})
 
 
-class IllegalTransition(AssertionError):
+class IllegalTransitionError(AssertionError):
     """A bug: the core tried a transition the table forbids."""
 
 
 def check(old: TaskState | None, new: TaskState, task_id: str) -> None:
     if new not in ALLOWED[old]:
-        raise IllegalTransition(f"task {task_id}: {old} -> {new} is not allowed")
+        raise IllegalTransitionError(f"task {task_id}: {old} -> {new} is not allowed")
