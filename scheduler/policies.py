@@ -46,7 +46,9 @@ class PolicyParams:
     """Tunables of the mechanism (the ``forecast`` family uses all of them)."""
 
     #: Aged shortest-first: seconds of waiting worth one second of predicted runtime.
-    sjf_weight: float = 1.0
+    #: Larger favours short jobs (lower mean JCT); smaller ages faster (lower tail). 100
+    #: was best on the Gavel/Philly traces at 4:4:4 GPUs (docs/policies.md).
+    sjf_weight: float = 100.0
     #: Tasks examined per scheduling cycle (like Slurm's bf_max_job_test).
     max_scan: int = 512
     #: Blocked tasks per cycle that get a reservation (EASY backfilling uses 1 per class).
