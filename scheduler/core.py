@@ -31,7 +31,7 @@ from .events import (
     TaskSubmitted,
     Tick,
 )
-from .forecasting import DEFAULT_RUNTIME_S, RuntimeForecaster
+from .forecasting import DEFAULT_RUNTIME_S, IntervalForecaster, RuntimeForecaster
 from .fragmentation import WorkloadProfile
 from .instructions import (
     DeadlineInfeasible,
@@ -127,6 +127,7 @@ class SchedulerCore:
         self.last_seen: dict[str, float] = {}
         #: Queued task ids by task type, to re-key them when learning changes predictions.
         self.queued_by_type: dict[str, set[str]] = {}
+        self.learned_types: set[str] = set()
         self._out: list[Instruction] = []
         self._stimulus = ""
         self._handlers: dict[type, Callable[[Any, float], None]] = {
@@ -195,6 +196,20 @@ class SchedulerCore:
         hw = min(rec.spec.allowed_hardware) if rec.spec.allowed_hardware else "cpu"
         return self.forecaster.predict(rec.spec, hw) * (1.0 - rec.progress) or DEFAULT_RUNTIME_S
 
+    def sort_runtime(self, rec: TaskRecord) -> float:
+        """The runtime the queue order uses: the optimistic end of the forecaster's interval
+        when it has one (see :class:`IntervalForecaster`), else its point estimate."""
+        forecaster = self.forecaster
+        if not isinstance(forecaster, IntervalForecaster):
+            return self.best_runtime(rec)
+        allowed = rec.spec.allowed_hardware
+        lows = [
+            forecaster.predict_interval(rec.spec, hw)[0]
+            for hw in self.cluster.hardware_names
+            if not allowed or hw in allowed
+        ]
+        return min(lows) * (1.0 - rec.progress) if lows else self.best_runtime(rec)
+
     def tenant_share(self, tenant: str) -> float:
         """Dominant resource share of ``tenant`` (0..1) over CPU, memory and GPU."""
         alloc = self.tenant_alloc.get(tenant)
@@ -218,16 +233,21 @@ class SchedulerCore:
             rec.finished_at = now
         self.emit(TaskTransition(self._stimulus, rec.spec.task_id, rec.attempt, old, new, reason))
 
+    def _queue_position(self, rec: TaskRecord) -> tuple[tuple[float, ...], float | None, float]:
+        """(sort key, latest start for deadline urgency, best predicted runtime)."""
+        best = self.best_runtime(rec)
+        context = SortContext(
+            rec.submitted_at, self.sort_runtime(rec), self.policy.params.sjf_weight
+        )
+        key = self.policy.queue_sort.key(rec.spec, context)
+        deadline = rec.spec.deadline_s
+        latest_start = deadline - best if self.policy.deadline_aware and deadline else None
+        return key, latest_start, best
+
     def enqueue(self, rec: TaskRecord, reason: str, now: float) -> None:
         spec = rec.spec
-        best = self.best_runtime(rec)
-        key = self.policy.queue_sort.key(
-            spec, SortContext(rec.submitted_at, best, self.policy.params.sjf_weight)
-        )
+        key, latest_start, best = self._queue_position(rec)
         group = spec.tenant if self.policy.fair_share else ""
-        latest_start = None
-        if self.policy.deadline_aware and spec.deadline_s is not None:
-            latest_start = spec.deadline_s - best
         self.queue.push(spec.task_id, group, key, latest_start)
         self.queued_by_type.setdefault(spec.task_type, set()).add(spec.task_id)
         self.transition(rec, S.QUEUED, reason, now)
@@ -237,22 +257,31 @@ class SchedulerCore:
         self.queue.remove(task_id)
         self.queued_by_type[self.tasks[task_id].spec.task_type].discard(task_id)
 
+    def _learn(self, spec: TaskSpec, hardware: str, observed_s: float) -> None:
+        """Teach the forecaster, then re-key queued tasks whose predictions moved: the
+        learned type, and every queued type never observed yet (their cold-start guesses
+        come from the shared statistics this observation just changed)."""
+        types = {spec.task_type} | {
+            t for t, ids in self.queued_by_type.items() if ids and t not in self.learned_types
+        }
+        reps = {t: self.tasks[min(ids)] for t in types if (ids := self.queued_by_type.get(t))}
+        before = {t: self.sort_runtime(r) for t, r in reps.items()}
+        self.forecaster.learn(spec, hardware, observed_s)
+        self.learned_types.add(spec.task_type)
+        for t, rep in sorted(reps.items()):
+            if abs(self.sort_runtime(rep) - before[t]) > 0.05 * before[t]:
+                self._rekey_type(t)
+
     def _rekey_type(self, task_type: str) -> None:
         """Queue keys are static; when learning moved a type's predictions, re-key its
         queued tasks so the order reflects what the model now believes."""
         for tid in sorted(self.queued_by_type.get(task_type, ())):
-            rec = self.tasks[tid]
-            best = self.best_runtime(rec)
-            key = self.policy.queue_sort.key(
-                rec.spec, SortContext(rec.submitted_at, best, self.policy.params.sjf_weight)
-            )
+            key, latest_start, _ = self._queue_position(self.tasks[tid])
             if key == self.queue.key_of(tid):
                 continue
             group = self.queue.group_of(tid)
-            deadline = rec.spec.deadline_s
-            latest = deadline - best if self.policy.deadline_aware and deadline else None
             self.queue.remove(tid)
-            self.queue.push(tid, group, key, latest)
+            self.queue.push(tid, group, key, latest_start)
 
     def check_deadline(self, rec: TaskRecord, now: float, predicted_finish: float) -> None:
         deadline = rec.spec.deadline_s
@@ -387,10 +416,24 @@ class SchedulerCore:
             self.transition(rec, S.RUNNING, f"started on {ev.node_id}", now)
 
     def _on_progress(self, ev: TaskProgress, now: float) -> None:
+        """Progress refines the running attempt's predicted end; the first report of a type
+        that has never finished anywhere also bootstraps the forecaster (long jobs would
+        otherwise teach it nothing for days)."""
         rec = self.tasks.get(ev.task_id)
-        if self._current(rec, ev.task_id, ev.attempt, "progress"):
-            assert rec is not None
-            rec.reported_progress = max(rec.reported_progress, min(ev.progress, 1.0))
+        if not self._current(rec, ev.task_id, ev.attempt, "progress"):
+            return
+        assert rec is not None
+        rec.reported_progress = max(rec.reported_progress, min(ev.progress, 1.0))
+        done = rec.reported_progress - rec.progress
+        if rec.started_at is None or done < 0.001 or now <= rec.started_at:
+            return
+        full = (now - rec.started_at) / done
+        remaining = full * (1.0 - rec.progress)
+        self.occupancy_s[rec.row] += remaining - rec.predicted_s
+        rec.predicted_s = remaining
+        self.refresh_next_end(rec.row)
+        if rec.spec.task_type not in self.learned_types and rec.hardware is not None:
+            self._learn(rec.spec, rec.hardware, full)
 
     def _on_completed(self, ev: TaskCompleted, now: float) -> None:
         rec = self.tasks.get(ev.task_id)
@@ -410,11 +453,7 @@ class SchedulerCore:
                     observed_full,
                 )
             )
-            before = self.forecaster.predict(rec.spec, rec.hardware)
-            self.forecaster.learn(rec.spec, rec.hardware, observed_full)
-            after = self.forecaster.predict(rec.spec, rec.hardware)
-            if abs(after - before) > 0.05 * before:
-                self._rekey_type(rec.spec.task_type)
+            self._learn(rec.spec, rec.hardware, observed_full)
         self.release(rec)
         rec.progress = 1.0
         self.transition(rec, S.SUCCEEDED, "completed", now)

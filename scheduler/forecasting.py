@@ -38,6 +38,19 @@ class RuntimeForecaster(Protocol):
         ...
 
 
+@runtime_checkable
+class IntervalForecaster(RuntimeForecaster, Protocol):
+    """A forecaster that also says how sure it is."""
+
+    def predict_interval(self, task: TaskSpec, hardware: str) -> tuple[float, float]:
+        """A (low, high) range for the whole runtime, roughly one typical error wide.
+
+        The scheduler orders the queue by the low end (optimism under uncertainty: a task
+        of a kind never seen gets a chance to run, and so to be learned, instead of
+        waiting behind everything because of one pessimistic guess)."""
+        ...
+
+
 def _work_units(task: TaskSpec) -> float:
     return task.declared_work if task.declared_work > 0 else 1.0
 
@@ -55,6 +68,16 @@ class _Mean:
 
 
 Kind = tuple[str, int, int]
+
+#: Error spread assumed for an estimation rule before it has been measured.
+_PRIOR_SPREAD = {
+    "seen": 1.25,
+    "other-hardware": 1.5,
+    "other-width": 2.0,
+    "declared": 2.0,
+    "cold": 4.0,
+    "default": 10.0,
+}
 
 
 def task_kind(task: TaskSpec) -> Kind:
@@ -92,6 +115,8 @@ class RunningMeanForecaster:
         #: Mean |log error| of the two cold-start fallbacks on first sightings.
         self._cold_error = {"rate": _Mean(), "runtime": _Mean()}
         self._types_seen: set[str] = set()
+        #: Mean |log error| of each estimation rule, measured as observations arrive.
+        self._source_error: dict[str, _Mean] = {}
         self._learned = 0
         self._ratio_cache: dict[tuple[str, str], float] = {}
 
@@ -107,6 +132,8 @@ class RunningMeanForecaster:
             return
         rate = observed_s / _work_units(task)
         kind = task_kind(task)
+        estimate, source = self._estimate(task, hardware)
+        self._source_error.setdefault(source, _Mean()).add(abs(math.log(estimate / observed_s)))
         if task.task_type not in self._types_seen:
             for name, guess in self._cold_guesses(task, hardware).items():
                 self._cold_error[name].add(abs(math.log(guess / observed_s)))
@@ -123,35 +150,44 @@ class RunningMeanForecaster:
         self._ratio_cache.clear()
 
     def predict(self, task: TaskSpec, hardware: str) -> float:
+        return self._estimate(task, hardware)[0]
+
+    def predict_interval(self, task: TaskSpec, hardware: str) -> tuple[float, float]:
+        estimate, source = self._estimate(task, hardware)
+        err = self._source_error.get(source)
+        spread = math.exp(err.mean) if err is not None and err.count else _PRIOR_SPREAD[source]
+        return estimate / spread, estimate * spread
+
+    def _estimate(self, task: TaskSpec, hardware: str) -> tuple[float, str]:
+        """The estimate and which rule of the class docstring produced it."""
         work = _work_units(task)
         kind = task_kind(task)
         stat = self._rate.get((kind, hardware))
         if stat is not None:
-            return max(stat.mean * work, 1e-3)
+            return max(stat.mean * work, 1e-3), "seen"
         seen = self._by_kind.get(kind)
         if seen:
             estimates = [
                 s.mean * self._speed_ratio(hardware, other) for other, s in sorted(seen.items())
             ]
-            return max(math.exp(sum(map(math.log, estimates)) / len(estimates)) * work, 1e-3)
+            mean_log = sum(map(math.log, estimates)) / len(estimates)
+            return max(math.exp(mean_log) * work, 1e-3), "other-hardware"
         widths = self._widths.get((task.task_type, hardware))
         if widths:
             # Nearest measured width, scaled linearly (twice the GPUs, half the time).
             width = max(task.gpus, 1)
             nearest = min(widths, key=lambda w: (abs(w - width), w))
-            return max(widths[nearest].mean * nearest / width * work, 1e-3)
+            return max(widths[nearest].mean * nearest / width * work, 1e-3), "other-width"
         if task.declared_runtime_s:
-            return task.declared_runtime_s
+            return task.declared_runtime_s, "declared"
         guesses = self._cold_guesses(task, hardware)
         if not guesses:
-            return self.default_runtime_s
+            return self.default_runtime_s, "default"
         err = self._cold_error
         use_runtime = "rate" not in guesses or (
-            "runtime" in guesses
-            and err["runtime"].count > 0
-            and err["runtime"].mean < err["rate"].mean
+            err["runtime"].count > 0 and err["runtime"].mean < err["rate"].mean
         )
-        return guesses["runtime"] if use_runtime else guesses["rate"]
+        return (guesses["runtime"], "cold") if use_runtime else (guesses["rate"], "cold")
 
     def _cold_guesses(self, task: TaskSpec, hardware: str) -> dict[str, float]:
         """The two estimates for a type never seen (see the class docstring), taken on the

@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from .core import CoreConfig, SchedulerCore
-from .events import CancelTask, Event, NodeUp, TaskCompleted, TaskPreempted, TaskStarted
+from .events import (
+    CancelTask,
+    Event,
+    NodeUp,
+    TaskCompleted,
+    TaskPreempted,
+    TaskProgress,
+    TaskStarted,
+)
 from .events import TaskSubmitted as Submitted
 from .forecasting import (
     DaskLikeForecaster,
@@ -53,6 +61,9 @@ class SimConfig:
     fill: float = 1.0
     #: True seconds a resumed attempt spends restoring its checkpoint.
     restart_overhead_s: float = 30.0
+    #: An executor reports progress this long after an attempt starts (0: never), as a
+    #: training job reports its step count.
+    progress_report_s: float = 600.0
     seed: int = 0
 
 
@@ -259,6 +270,13 @@ class Simulator:
             now + runtime,
             TaskCompleted(f"done:{ins.task_id}:{ins.attempt}", *key, runtime_s=runtime),
         )
+        report = self.config.progress_report_s
+        if report > 0 and overhead + report < runtime:
+            progress = ins.resume_progress + report / truth
+            self._push(
+                now + overhead + report,
+                TaskProgress(f"progress:{ins.task_id}:{ins.attempt}", *key, progress),
+            )
 
     def _on_preempt(self, ins: Preempt, now: float) -> None:
         key = (ins.task_id, ins.attempt)

@@ -40,7 +40,7 @@ def load_trace(
     throughputs: str | os.PathLike[str] | None = None,
     nodes: str | os.PathLike[str] | None = None,
     departures: bool = True,
-    wide_jobs: str = "reject",
+    wide_jobs: str = "clamp",
     max_gpus_per_job: int | None = None,
 ) -> Trace:
     """Load the trace named by ``spec``: ``gavel:PATH``, ``openb:PATH``, ``jsonl:PATH`` or

@@ -17,10 +17,11 @@ Modelling choices:
   class are not loaded; they are listed in ``Trace.skipped`` with the reason. In Gavel's
   ``simulation_throughputs.json`` that is every scale factor above 8, and A3C, CycleGAN and
   Recommendation at more than one GPU (measured at one GPU only).
-* With ``max_gpus_per_job`` (the largest node), wider jobs are rejected
-  (``wide_jobs="reject"``) or run at the largest power-of-two width <= the limit that has
-  throughput data (``wide_jobs="clamp"``). Clamping is an extrapolation: the job keeps its
-  total steps and runs at the measured throughput of the narrower width.
+* ``wide_jobs="clamp"`` (the default) keeps every job it can: a job wider than
+  ``max_gpus_per_job`` (the largest node), or whose own width has no throughput data, runs
+  at the widest power-of-two width <= both that has data. This is an extrapolation: the job
+  keeps its total steps and runs at the measured throughput of the narrower width. With
+  ``wide_jobs="reject"`` such jobs are skipped instead. Either way the notes count them.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def load_gavel(
     trace_path: str | os.PathLike[str],
     throughputs_path: str | os.PathLike[str],
     *,
-    wide_jobs: str = "reject",
+    wide_jobs: str = "clamp",
     max_gpus_per_job: int | None = None,
 ) -> Trace:
     """Read a Gavel ``.trace`` file into a :class:`Trace` (see the module docstring).
@@ -85,17 +86,26 @@ def load_gavel(
     for lineno, job_type, steps, arrival, scale in _read_lines(path):
         ref = f"{path.name}:{lineno}"
         width = scale
-        if max_gpus_per_job is not None and scale > max_gpus_per_job:
-            clamped = _clamp_width(table, job_type, max_gpus_per_job)
-            if wide_jobs == "reject" or clamped is None:
-                reason = f"needs {scale} GPUs; the largest node has {max_gpus_per_job}"
-                if clamped is None and wide_jobs == "clamp":
-                    reason += f" and no narrower width has throughput data in {tput_name}"
+        too_wide = max_gpus_per_job is not None and scale > max_gpus_per_job
+        if too_wide and wide_jobs == "reject":
+            reason = f"needs {scale} GPUs; the largest node has {max_gpus_per_job}"
+            skipped.append(SkippedJob(ref, reason))
+            skip_counts[("wider than the largest node ({} GPUs)", max_gpus_per_job)] += 1
+            continue
+        if wide_jobs == "clamp" and (too_wide or (job_type, scale) not in table):
+            limit = min(scale, max_gpus_per_job or scale)
+            clamped = _clamp_width(table, job_type, limit)
+            if clamped is None and too_wide:
+                reason = (
+                    f"needs {scale} GPUs; the largest node has {max_gpus_per_job} and no "
+                    f"narrower width has throughput data in {tput_name}"
+                )
                 skipped.append(SkippedJob(ref, reason))
                 skip_counts[("wider than the largest node ({} GPUs)", max_gpus_per_job)] += 1
                 continue
-            width = clamped
-            clamp_counts[(scale, width)] += 1
+            if clamped is not None:
+                width = clamped
+                clamp_counts[(scale, width)] += 1
         key = (job_type, width)
         per_hw = table.get(key)
         if not per_hw:
