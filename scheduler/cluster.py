@@ -91,19 +91,17 @@ class Cluster:
                 f"{self.max_gpus_per_node} per node are supported"
             )
         row = self.index.get(spec.node_id)
-        if row is not None:
-            if self.alive[row]:
-                return row, False
-            # A node coming back after being declared lost starts empty: its old
-            # attempts were re-queued when it was lost.
-            self._reset_row(row, spec)
-            return row, True
-        row = len(self.node_ids)
-        if row >= self.cpu_cap.shape[0]:
-            self._grow()
-        self.node_ids.append(spec.node_id)
-        self.specs.append(spec)
-        self.index[spec.node_id] = row
+        if row is not None and self.alive[row]:
+            return row, False
+        if row is None:
+            row = len(self.node_ids)
+            if row >= self.cpu_cap.shape[0]:
+                self._grow()
+            self.node_ids.append(spec.node_id)
+            self.specs.append(spec)
+            self.index[spec.node_id] = row
+        # A new node, or one coming back after being declared lost (possibly with other
+        # hardware or labels): it starts empty, its old attempts were re-queued.
         if spec.hardware not in self._hardware_index:
             self._hardware_index[spec.hardware] = len(self.hardware_names)
             self.hardware_names.append(spec.hardware)

@@ -49,6 +49,9 @@ from .queue import ReadyQueue
 
 S = TaskState
 
+#: A re-queued attempt resumes at most from here, so it always has some work to do.
+MAX_RESUME_PROGRESS = 0.999
+
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
@@ -91,7 +94,9 @@ class TaskRecord:
     finished_at: float | None = None
     decision_id: str | None = None
     reason: str = ""
-    runtime_cache: tuple[str, int, FloatArray] | None = None
+    runtime_cache: tuple[str, int, float, FloatArray] | None = None
+    #: The blocked task this attempt is being preempted for, until the stop is confirmed.
+    preempted_for: str | None = None
 
     def predicted_end(self, now: float) -> float:
         """When the current attempt should finish; an overdue attempt is expected soon."""
@@ -128,6 +133,8 @@ class SchedulerCore:
         #: Queued task ids by task type, to re-key them when learning changes predictions.
         self.queued_by_type: dict[str, set[str]] = {}
         self.learned_types: set[str] = set()
+        #: Beneficiary task id -> victims whose stop is not confirmed yet.
+        self.pending_preemptions: dict[str, set[str]] = {}
         self._out: list[Instruction] = []
         self._stimulus = ""
         self._handlers: dict[type, Callable[[Any, float], None]] = {
@@ -172,8 +179,8 @@ class SchedulerCore:
         version = self.forecaster.version
         names = self.cluster.hardware_names
         cached = rec.runtime_cache
-        if cached is not None and cached[0] == version and cached[1] == len(names):
-            return cached[2]
+        if cached is not None and cached[:3] == (version, len(names), rec.progress):
+            return cached[3]
         allowed = rec.spec.allowed_hardware
         remaining = 1.0 - rec.progress
         out = np.array(
@@ -185,7 +192,7 @@ class SchedulerCore:
             ],
             np.float64,
         )
-        rec.runtime_cache = (version, len(names), out)
+        rec.runtime_cache = (version, len(names), rec.progress, out)
         return out
 
     def best_runtime(self, rec: TaskRecord) -> float:
@@ -317,7 +324,12 @@ class SchedulerCore:
         alloc[0] -= spec.cpu_milli
         alloc[1] -= spec.memory_mib
         alloc[2] -= spec.gpu_demand_milli
-        rec.row, rec.gpu_indices, rec.preempting = -1, (), False
+        if rec.preempted_for is not None:
+            victims = self.pending_preemptions.get(rec.preempted_for, set())
+            victims.discard(spec.task_id)
+            if not victims:
+                self.pending_preemptions.pop(rec.preempted_for, None)
+        rec.row, rec.gpu_indices, rec.preempting, rec.preempted_for = -1, (), False, None
 
     def refresh_next_end(self, row: int) -> None:
         ends = []
@@ -356,7 +368,7 @@ class SchedulerCore:
             return
         for tid in sorted(self.on_row.get(row, ())):
             rec = self.tasks[tid]
-            rec.progress = max(rec.progress, rec.reported_progress)
+            rec.progress = max(rec.progress, min(rec.reported_progress, MAX_RESUME_PROGRESS))
             self.release(rec)
             self.enqueue(rec, f"{ev.reason}: node {ev.node_id}", now)
         self.on_row.pop(row, None)
@@ -471,7 +483,7 @@ class SchedulerCore:
         self.release(rec)
         if ev.retryable and rec.retries < rec.spec.max_retries:
             rec.retries += 1
-            rec.progress = max(rec.progress, rec.reported_progress)
+            rec.progress = max(rec.progress, min(rec.reported_progress, MAX_RESUME_PROGRESS))
             self.enqueue(rec, f"retry {rec.retries}/{rec.spec.max_retries}: {ev.reason}", now)
             return
         self.transition(rec, S.FAILED, ev.reason, now)
@@ -483,7 +495,7 @@ class SchedulerCore:
             return
         assert rec is not None
         self.release(rec)
-        rec.progress = max(rec.progress, min(ev.progress, 0.999))
+        rec.progress = max(rec.progress, min(ev.progress, MAX_RESUME_PROGRESS))
         rec.preemptions += 1
         self.enqueue(rec, f"preempted (progress {rec.progress:.0%} kept)", now)
 

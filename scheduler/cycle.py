@@ -37,18 +37,22 @@ class Reservation:
     task_id: str
     row: int
     start_s: float
+    #: When the reserving task is predicted to finish on this row.
+    end_s: float
     spare_gpus: int
     spare_cpu: int
     spare_mem: int
 
-    def admits(self, spec: TaskSpec, runtime_s: float, now: float) -> bool:
-        if now + runtime_s <= self.start_s:
-            return True
+    def has_room(self, spec: TaskSpec) -> bool:
+        """Whether ``spec`` fits beside the reserved task once it starts."""
         return (
             spec.gpus <= self.spare_gpus
             and spec.cpu_milli <= self.spare_cpu
             and spec.memory_mib <= self.spare_mem
         )
+
+    def admits(self, spec: TaskSpec, runtime_s: float, now: float) -> bool:
+        return now + runtime_s <= self.start_s or self.has_room(spec)
 
     def consume(self, spec: TaskSpec, runtime_s: float, now: float) -> None:
         if now + runtime_s > self.start_s:
@@ -318,11 +322,14 @@ class _Cycle:
         if wait is None or not math.isfinite(wait.start_s):
             return
         self.core.check_deadline(rec, self.now, wait.completion_s)
+        if wait.row in self.reservations:
+            return  # queued behind an earlier reservation: it keeps the row
         spare = self._free_at(rec.spec, wait.row, wait.start_s)
         self.reservations[wait.row] = Reservation(
             rec.spec.task_id,
             wait.row,
             wait.start_s,
+            wait.completion_s,
             spare_gpus=spare[0] - rec.spec.gpus,
             spare_cpu=spare[1] - rec.spec.cpu_milli,
             spare_mem=spare[2] - rec.spec.memory_mib,
@@ -342,7 +349,8 @@ class _Cycle:
 
     def _earliest_start(self, spec: TaskSpec, hw_index: int) -> tuple[float, int]:
         """Earliest predicted time a node of the class could host ``spec``, from the
-        predicted ends of the attempts on it (reserved nodes are left to their owner)."""
+        predicted ends of the attempts on it; a node reserved for an earlier task in this
+        cycle counts from that task's predicted end, unless the reservation leaves room."""
         c, core = self.cluster, self.core
         n = c.size
         mask = (c.hw[:n] == hw_index) & c.alive[:n] & (c.cpu_cap[:n] >= spec.cpu_milli)
@@ -359,9 +367,11 @@ class _Cycle:
             row = int(rows[i])
             if bound[i] >= best_t:
                 break
-            if row in self.reservations:
-                continue
             t = self._row_fit_time(spec, row)
+            res = self.reservations.get(row)
+            if res is not None and not res.has_room(spec):
+                # Reserved for an earlier task: free again once that task is done.
+                t = max(t, res.end_s)
             if t < best_t:
                 best_t, best_row = t, row
         return best_t, best_row
@@ -409,7 +419,7 @@ class _Cycle:
         for rec in self.blocked:
             if checks >= self.params.max_preemption_checks:
                 return
-            if rec.state is not S.QUEUED:
+            if rec.state is not S.QUEUED or rec.spec.task_id in self.core.pending_preemptions:
                 continue
             checks += 1
             self._try_preempt(rec)
@@ -485,8 +495,10 @@ class _Cycle:
         core = self.core
         core.decisions += 1
         decision_id = f"{core.config.decision_prefix}-{core.decisions:08d}"
+        core.pending_preemptions[rec.spec.task_id] = {v.spec.task_id for v in victims}
         for v in victims:
             v.preempting = True
+            v.preempted_for = rec.spec.task_id
             core.emit(
                 Preempt(
                     stimulus_id=self.stimulus_id,

@@ -233,12 +233,6 @@ def test_node_lost_releases_resources_even_for_unstarted_attempts() -> None:
     assert [(a.task_id, a.attempt) for a in assigns(out)] == [("t", 2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: SchedulerCore.runtimes() caches per (forecaster version, #classes) "
-    "but the value depends on rec.progress; after a re-queue with progress and no "
-    "learning in between, the next attempt is predicted for the whole task",
-)
 def test_resumed_attempt_is_predicted_for_the_remaining_work() -> None:
     core = new_core("forecast", nodes=[node("n0", gpus=1), node("n1", gpus=1)])
     spec = task("t", gpus=1, runtime_s=1000)
@@ -250,11 +244,6 @@ def test_resumed_attempt_is_predicted_for_the_remaining_work() -> None:
     assert b.predicted_runtime_s == pytest.approx(500.0)  # actual: 1000.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Cluster.upsert resets a returning node's row without clearing "
-    "_label_mask_cache, so governance filters use the labels it had before it was lost",
-)
 def test_returning_node_with_new_labels_is_filtered_by_its_new_labels() -> None:
     core = new_core("fifo", nodes=[node("n", labels={"region": "us"})])
     out = drive(core, submitted(task("a", governance={"region": "us"})), 1.0)
@@ -265,12 +254,6 @@ def test_returning_node_with_new_labels_is_filtered_by_its_new_labels() -> None:
     assert assigns(out) == []  # actual: a is assigned to n (now region=eu)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="core bug: Cluster._reset_row looks up _hardware_index[spec.hardware], which "
-    "only upsert's new-row path fills; a lost node returning as a new class raises",
-)
 def test_returning_node_may_change_hardware_class() -> None:
     core = new_core("fifo", nodes=[node("n", "cpu")])
     drive(core, lost("n"), 1.0)

@@ -209,11 +209,6 @@ def test_forecast_takes_slow_hardware_when_fast_is_busy_long(
     assert waited[0].expected_start_s > 10_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core defect: cycle._earliest_start skips rows reserved in this cycle, so a task "
-    "whose fast class is reserved sees no wait option and takes a 9x slower class at once",
-)
 def test_forecast_waits_behind_a_reservation_when_it_pays() -> None:
     model = RunningMeanForecaster()
     model.learn(task("seen", "resnet", gpus=1), "gpu-v100", 100.0)
@@ -416,11 +411,6 @@ def test_higher_priority_class_preempts_regardless_of_length() -> None:
     assert [(p.task_id, p.for_task_id) for p in of_type(out, Preempt)] == [("victim", "urgent")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: cycle._try_preempt ignores preemptions already issued for the same "
-    "blocked task; every cycle before the executor confirms evicts one more victim",
-)
 def test_one_pending_preemption_is_enough_for_one_task() -> None:
     core = new_core("forecast", nodes=[node("n0", gpus=1), node("n1", gpus=1)])
     victims = [task(f"v{i}", "long", gpus=1, runtime_s=10_000, preemptible=True) for i in (0, 1)]

@@ -213,20 +213,7 @@ def test_real_gavel_trace(shared_traces: Path, stem: str) -> None:
     assert report.runtime_mae_s == 0.0
 
 
-@pytest.mark.parametrize(
-    "stem",
-    [
-        pytest.param(
-            "23dbec",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="core defect (see test_forecast_waits_behind_a_reservation_when_it_pays):"
-                " the 1-GPU CycleGAN job runs on k80 (110 926 s) instead of waiting for v100",
-            ),
-        ),
-        "51b7ef",
-    ],
-)
+@pytest.mark.parametrize("stem", ["23dbec", "51b7ef"])
 def test_oracle_beats_fifo_on_real_gavel_trace(shared_traces: Path, stem: str) -> None:
     trace = gavel(shared_traces, stem)
     nodes = parse_cluster(GAVEL_CLUSTER)
