@@ -50,7 +50,7 @@ class PolicyParams:
     #: was best on the Gavel/Philly traces at 4:4:4 GPUs (docs/policies.md).
     sjf_weight: float = 100.0
     #: Tasks examined per scheduling cycle (like Slurm's bf_max_job_test).
-    max_scan: int = 512
+    max_scan: int = 128
     #: Blocked tasks per cycle that get a reservation (EASY backfilling uses 1 per class).
     max_reservations: int = 4
     #: Wait for faster hardware only if it finishes at least this much sooner (fraction).
