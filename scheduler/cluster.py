@@ -34,6 +34,7 @@ class Cluster:
         self._rows = 0
         self._alloc(initial_rows)
         self._hw_mask_cache: dict[frozenset[str], BoolArray] = {}
+        self._totals: tuple[int, int, int] | None = None
         self._label_mask_cache: dict[tuple[str, str], BoolArray] = {}
 
     # ------------------------------------------------------------------ storage
@@ -47,6 +48,10 @@ class Cluster:
         self.gpu_free = np.full((rows, g), _NO_GPU, np.int64)
         self.hw = np.full(rows, -1, np.int64)
         self.alive = np.zeros(rows, np.bool_)
+        #: Derived per row, kept up to date on every change: whole GPUs fully free, and
+        #: the largest free share of any one GPU.
+        self.whole_free = np.zeros(rows, np.int64)
+        self.share_free = np.zeros(rows, np.int64)
 
     def _grow(self) -> None:
         old = (
@@ -58,6 +63,8 @@ class Cluster:
             self.gpu_free,
             self.hw,
             self.alive,
+            self.whole_free,
+            self.share_free,
         )
         n = len(self.node_ids)
         self._alloc(max(64, 2 * old[0].shape[0]))
@@ -71,6 +78,8 @@ class Cluster:
                 self.gpu_free,
                 self.hw,
                 self.alive,
+                self.whole_free,
+                self.share_free,
             ),
             old,
             strict=True,
@@ -119,9 +128,18 @@ class Cluster:
         self.gpu_free[row, : spec.gpus] = GPU_MILLI
         self.hw[row] = self._hardware_index[spec.hardware]
         self.alive[row] = True
+        self.refresh_row(row)
+        self._totals = None
+
+    def refresh_row(self, row: int) -> None:
+        """Recompute a row's derived GPU indexes (call after writing ``gpu_free``)."""
+        free = self.gpu_free[row]
+        self.whole_free[row] = int((free == GPU_MILLI).sum())
+        self.share_free[row] = int(free.max())
 
     def mark_dead(self, row: int) -> None:
         self.alive[row] = False
+        self._totals = None
 
     # ------------------------------------------------------------------ masks
     def hardware_mask(self, allowed: frozenset[str]) -> BoolArray:
@@ -170,10 +188,9 @@ class Cluster:
         return mask
 
     def gpu_fit(self, task: TaskSpec, rows: slice | IntArray) -> BoolArray:
-        free = self.gpu_free[rows]
         if task.is_gpu_share:
-            return np.asarray((free >= task.gpu_milli).any(axis=1))
-        return np.asarray((free == GPU_MILLI).sum(axis=1) >= task.gpus)
+            return np.asarray(self.share_free[rows] >= task.gpu_milli)
+        return np.asarray(self.whole_free[rows] >= task.gpus)
 
     def could_ever_fit(self, task: TaskSpec) -> bool:
         """True when some alive node could host ``task`` if it were empty."""
@@ -214,6 +231,7 @@ class Cluster:
                 raise AssertionError(f"over-allocated GPU {g} of node {self.node_ids[row]}")
         if self.cpu_free[row] < 0 or self.mem_free[row] < 0:
             raise AssertionError(f"over-allocated node {self.node_ids[row]}")
+        self.refresh_row(row)
 
     def release(self, row: int, task: TaskSpec, gpu_indices: Iterable[int]) -> None:
         if not self.alive[row]:
@@ -223,16 +241,32 @@ class Cluster:
         per_gpu = task.gpu_milli if task.is_gpu_share else GPU_MILLI
         for g in gpu_indices:
             self.gpu_free[row, g] += per_gpu
+        self.refresh_row(row)
 
     # ------------------------------------------------------------------ aggregates
     def totals(self) -> tuple[int, int, int]:
-        """(cpu_milli, memory_mib, gpu_milli) of all alive nodes."""
+        """(cpu_milli, memory_mib, gpu_milli) of all alive nodes (cached until membership
+        changes)."""
+        if self._totals is None:
+            n = self.size
+            alive = self.alive[:n]
+            self._totals = (
+                int(self.cpu_cap[:n][alive].sum()),
+                int(self.mem_cap[:n][alive].sum()),
+                int(self.gpu_cap[:n][alive].sum()) * GPU_MILLI,
+            )
+        return self._totals
+
+    def envelope(self) -> tuple[int, int, int, int]:
+        """Upper bounds of what any single alive node has free: (cpu, memory, whole GPUs,
+        largest free GPU share). A task above one of them fits nowhere."""
         n = self.size
         alive = self.alive[:n]
         return (
-            int(self.cpu_cap[:n][alive].sum()),
-            int(self.mem_cap[:n][alive].sum()),
-            int(self.gpu_cap[:n][alive].sum()) * GPU_MILLI,
+            int(np.max(self.cpu_free[:n], where=alive, initial=0)),
+            int(np.max(self.mem_free[:n], where=alive, initial=0)),
+            int(np.max(self.whole_free[:n], where=alive, initial=0)),
+            int(np.max(self.share_free[:n], where=alive, initial=0)),
         )
 
     def gpu_allocated_milli(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class TaskRecord:
     finished_at: float | None = None
     decision_id: str | None = None
     reason: str = ""
-    runtime_cache: tuple[str, int, float, FloatArray] | None = None
+    runtime_cache: tuple[tuple[str, int, float], FloatArray, FloatArray] | None = None
     #: The blocked task this attempt is being preempted for, until the stop is confirmed.
     preempted_for: str | None = None
 
@@ -117,6 +117,8 @@ class SchedulerCore:
         self.policy = policy
         self.forecaster = forecaster
         self.config = config or CoreConfig()
+        # A runtime-checkable Protocol check is slow; the forecaster never changes.
+        self._has_interval = isinstance(forecaster, IntervalForecaster)
         self.cluster = Cluster(self.config.max_gpus_per_node)
         self.tasks: dict[str, TaskRecord] = {}
         self.queue = ReadyQueue()
@@ -131,7 +133,11 @@ class SchedulerCore:
         self.decisions = 0
         self.last_seen: dict[str, float] = {}
         #: Queued task ids by task type, to re-key them when learning changes predictions.
-        self.queued_by_type: dict[str, set[str]] = {}
+        self.queued_by_type: dict[str, dict[str, None]] = {}
+        #: Types whose queued tasks await re-keying (bounded work per call, see handle).
+        self.stale_types: dict[str, list[str]] = {}
+        #: Rows running preemptible attempts, with how many.
+        self.preemptible_on_row: dict[int, int] = {}
         self.learned_types: set[str] = set()
         #: Beneficiary task id -> victims whose stop is not confirmed yet.
         self.pending_preemptions: dict[str, set[str]] = {}
@@ -161,6 +167,8 @@ class SchedulerCore:
             self._stimulus = ev.stimulus_id
             self._handlers[type(ev)](ev, now)
         self._stimulus = stimulus_id
+        if self.stale_types:
+            self._rekey_stale(self.policy.params.rekey_budget)
         if len(self.queue):
             run_cycle(self, now, stimulus_id)
         out, self._out = self._out, []
@@ -176,24 +184,32 @@ class SchedulerCore:
 
     def runtimes(self, rec: TaskRecord) -> FloatArray:
         """Predicted remaining runtime of ``rec`` per hardware index (inf if not allowed)."""
-        version = self.forecaster.version
+        return self._predictions(rec)[0]
+
+    def _predictions(self, rec: TaskRecord) -> tuple[FloatArray, FloatArray]:
+        """(estimates, optimistic lows) of the remaining runtime per hardware index, both
+        in one pass over the forecaster and cached until it learns or progress changes."""
         names = self.cluster.hardware_names
+        stamp = (self.forecaster.version, len(names), rec.progress)
         cached = rec.runtime_cache
-        if cached is not None and cached[:3] == (version, len(names), rec.progress):
-            return cached[3]
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
         allowed = rec.spec.allowed_hardware
         remaining = 1.0 - rec.progress
-        out = np.array(
-            [
-                self.forecaster.predict(rec.spec, hw) * remaining
-                if not allowed or hw in allowed
-                else math.inf
-                for hw in names
-            ],
-            np.float64,
-        )
-        rec.runtime_cache = (version, len(names), rec.progress, out)
-        return out
+        estimates = np.full(len(names), math.inf)
+        lows = np.full(len(names), math.inf)
+        ranged = cast(IntervalForecaster, self.forecaster) if self._has_interval else None
+        for i, hw in enumerate(names):
+            if allowed and hw not in allowed:
+                continue
+            if ranged is not None:
+                low, estimate, _ = ranged.predict_range(rec.spec, hw)
+            else:
+                low = estimate = self.forecaster.predict(rec.spec, hw)
+            estimates[i] = estimate * remaining
+            lows[i] = low * remaining
+        rec.runtime_cache = (stamp, estimates, lows)
+        return estimates, lows
 
     def best_runtime(self, rec: TaskRecord) -> float:
         rts = self.runtimes(rec)
@@ -204,18 +220,11 @@ class SchedulerCore:
         return self.forecaster.predict(rec.spec, hw) * (1.0 - rec.progress) or DEFAULT_RUNTIME_S
 
     def sort_runtime(self, rec: TaskRecord) -> float:
-        """The runtime the queue order uses: the optimistic end of the forecaster's interval
-        when it has one (see :class:`IntervalForecaster`), else its point estimate."""
-        forecaster = self.forecaster
-        if not isinstance(forecaster, IntervalForecaster):
-            return self.best_runtime(rec)
-        allowed = rec.spec.allowed_hardware
-        lows = [
-            forecaster.predict_interval(rec.spec, hw)[0]
-            for hw in self.cluster.hardware_names
-            if not allowed or hw in allowed
-        ]
-        return min(lows) * (1.0 - rec.progress) if lows else self.best_runtime(rec)
+        """The runtime the queue order uses: the optimistic end of the forecaster's range
+        when it has one (see :class:`IntervalForecaster`), else its estimate."""
+        lows = self._predictions(rec)[1]
+        finite = lows[np.isfinite(lows)]
+        return float(finite.min()) if finite.size else self.best_runtime(rec)
 
     def tenant_share(self, tenant: str) -> float:
         """Dominant resource share of ``tenant`` (0..1) over CPU, memory and GPU."""
@@ -256,13 +265,13 @@ class SchedulerCore:
         key, latest_start, best = self._queue_position(rec)
         group = spec.tenant if self.policy.fair_share else ""
         self.queue.push(spec.task_id, group, key, latest_start)
-        self.queued_by_type.setdefault(spec.task_type, set()).add(spec.task_id)
+        self.queued_by_type.setdefault(spec.task_type, {})[spec.task_id] = None
         self.transition(rec, S.QUEUED, reason, now)
         self.check_deadline(rec, now, now + best)
 
     def dequeue(self, task_id: str) -> None:
         self.queue.remove(task_id)
-        self.queued_by_type[self.tasks[task_id].spec.task_type].discard(task_id)
+        self.queued_by_type[self.tasks[task_id].spec.task_type].pop(task_id, None)
 
     def _learn(self, spec: TaskSpec, hardware: str, observed_s: float) -> None:
         """Teach the forecaster, then re-key queued tasks whose predictions moved: the
@@ -271,24 +280,36 @@ class SchedulerCore:
         types = {spec.task_type} | {
             t for t, ids in self.queued_by_type.items() if ids and t not in self.learned_types
         }
-        reps = {t: self.tasks[min(ids)] for t in types if (ids := self.queued_by_type.get(t))}
+        reps = {
+            t: self.tasks[next(iter(ids))]
+            for t in sorted(types)
+            if (ids := self.queued_by_type.get(t))
+        }
         before = {t: self.sort_runtime(r) for t, r in reps.items()}
         self.forecaster.learn(spec, hardware, observed_s)
         self.learned_types.add(spec.task_type)
-        for t, rep in sorted(reps.items()):
+        for t, rep in reps.items():
             if abs(self.sort_runtime(rep) - before[t]) > 0.05 * before[t]:
-                self._rekey_type(t)
+                self.stale_types[t] = list(self.queued_by_type[t])
 
-    def _rekey_type(self, task_type: str) -> None:
-        """Queue keys are static; when learning moved a type's predictions, re-key its
-        queued tasks so the order reflects what the model now believes."""
-        for tid in sorted(self.queued_by_type.get(task_type, ())):
-            key, latest_start, _ = self._queue_position(self.tasks[tid])
-            if key == self.queue.key_of(tid):
-                continue
-            group = self.queue.group_of(tid)
-            self.queue.remove(tid)
-            self.queue.push(tid, group, key, latest_start)
+    def _rekey_stale(self, budget: int) -> None:
+        """Queue keys are static; when learning moved a type's predictions, its queued
+        tasks are re-keyed so the order reflects what the model now believes. At most
+        ``budget`` tasks per call, so one observation never stalls a decision."""
+        while budget > 0 and self.stale_types:
+            task_type, pending = next(iter(self.stale_types.items()))
+            while pending and budget > 0:
+                tid = pending.pop()
+                budget -= 1
+                if tid not in self.queue:
+                    continue
+                key, latest_start, _ = self._queue_position(self.tasks[tid])
+                if key != self.queue.key_of(tid):
+                    group = self.queue.group_of(tid)
+                    self.queue.remove(tid)
+                    self.queue.push(tid, group, key, latest_start)
+            if not pending:
+                del self.stale_types[task_type]
 
     def check_deadline(self, rec: TaskRecord, now: float, predicted_finish: float) -> None:
         deadline = rec.spec.deadline_s
@@ -307,6 +328,8 @@ class SchedulerCore:
         self.on_row.setdefault(row, set()).add(spec.task_id)
         self.occupancy_s[row] += rec.predicted_s
         self.refresh_next_end(row)
+        if spec.preemptible:
+            self.preemptible_on_row[row] = self.preemptible_on_row.get(row, 0) + 1
         alloc = self.tenant_alloc.setdefault(spec.tenant, [0, 0, 0])
         alloc[0] += spec.cpu_milli
         alloc[1] += spec.memory_mib
@@ -320,6 +343,10 @@ class SchedulerCore:
         self.on_row.get(rec.row, set()).discard(spec.task_id)
         self.occupancy_s[rec.row] = max(0.0, self.occupancy_s[rec.row] - rec.predicted_s)
         self.refresh_next_end(rec.row)
+        if spec.preemptible:
+            left = self.preemptible_on_row.pop(rec.row) - 1
+            if left:
+                self.preemptible_on_row[rec.row] = left
         alloc = self.tenant_alloc[spec.tenant]
         alloc[0] -= spec.cpu_milli
         alloc[1] -= spec.memory_mib
@@ -546,6 +573,9 @@ class SchedulerCore:
                     gpu[row, g] -= per
         alive = c.alive[:n]
         assert (cpu[alive] == c.cpu_free[:n][alive]).all(), "cpu accounting drifted"
+        whole = (c.gpu_free[:n] == GPU_MILLI).sum(axis=1)
+        assert (whole[alive] == c.whole_free[:n][alive]).all(), "whole-GPU index drifted"
+        assert (c.gpu_free[:n].max(axis=1)[alive] == c.share_free[:n][alive]).all()
         assert (mem[alive] == c.mem_free[:n][alive]).all(), "memory accounting drifted"
         assert (gpu[alive] == c.gpu_free[:n][alive]).all(), "gpu accounting drifted"
         assert (c.cpu_free[:n] >= 0).all()

@@ -85,6 +85,9 @@ class _Cycle:
         self.blocked: list[TaskRecord] = []
         self.failed_shapes: set[object] = set()
         self.totals = self.cluster.totals()
+        self.envelope = self.cluster.envelope()
+        self._rows_memo: dict[object, tuple[IntArray, IntArray]] = {}
+        self._start_memo: dict[tuple[object, int], tuple[float, int]] = {}
 
     # ------------------------------------------------------------------ step 1
     def _order(self) -> Iterator[str]:
@@ -135,7 +138,7 @@ class _Cycle:
         examined = 0
         strict = self.policy.backfill == "none"
         for tid in self._order():
-            if examined >= self.params.max_scan or not self._anything_free():
+            if examined >= self.params.max_scan or self.envelope[0] <= 0:
                 break
             examined += 1
             rec = self.core.tasks[tid]
@@ -148,39 +151,61 @@ class _Cycle:
                 continue
             if not self._try(rec, shape) and strict:
                 break
-        if self.policy.preemption and self.blocked:
+        if self.policy.preemption and self.blocked and self.core.preemptible_on_row:
             self._preempt()
 
-    def _anything_free(self) -> bool:
-        c, n = self.cluster, self.cluster.size
-        alive = c.alive[:n]
-        return bool((c.cpu_free[:n][alive] > 0).any())
+    def _fits_envelope(self, spec: TaskSpec) -> bool:
+        cpu, mem, whole, share = self.envelope
+        if spec.cpu_milli > cpu or spec.memory_mib > mem:
+            return False
+        if spec.is_gpu_share:
+            return spec.gpu_milli <= share
+        return spec.gpus <= whole
 
     def _try(self, rec: TaskRecord, shape: object) -> bool:
         spec, c = rec.spec, self.cluster
         runtimes = self.core.runtimes(rec)
-        mask = c.fit_mask(spec)
-        for row, res in self.reservations.items():
-            if mask[row] and not res.admits(spec, float(runtimes[c.hw[row]]), self.now):
-                mask[row] = False
-        rows = np.flatnonzero(mask)
+        if not self._fits_envelope(spec):
+            self.failed_shapes.add(shape)
+            self._block(rec, runtimes, None, shape)
+            return False
+        rows, classes = self._fitting_rows(spec, shape)
+        if self.reservations and rows.size:
+            barred = [
+                row
+                for row, res in self.reservations.items()
+                if not res.admits(spec, float(runtimes[c.hw[row]]), self.now)
+            ]
+            if barred:
+                rows = rows[~np.isin(rows, barred)]
+                classes = np.unique(c.hw[rows])
         wait = None
         if self.policy.hardware_aware:
-            fitting = set(np.unique(c.hw[rows]).tolist()) if rows.size else set()
-            wait = self._best_wait(rec, runtimes, exclude=fitting)
+            wait = self._best_wait(rec, runtimes, set(classes.tolist()), shape)
         if rows.size == 0:
             self.failed_shapes.add(shape)
-            self._block(rec, runtimes, wait)
+            self._block(rec, runtimes, wait, shape)
             return False
-        chosen, candidates = self._choose(spec, rows, runtimes)
-        runtime = float(runtimes[c.hw[chosen]])
-        if wait is not None and wait.completion_s < self.now + runtime * (
+        # Decide whether to wait for faster hardware before scoring nodes: the best that
+        # can start now is the fastest fitting class (the primary scorer's choice).
+        best_now = float(runtimes[classes].min())
+        if wait is not None and wait.completion_s < self.now + best_now * (
             1 - self.params.wait_margin
         ):
-            self._block(rec, runtimes, wait)
+            self._block(rec, runtimes, wait, shape)
             return False
-        self._assign(rec, chosen, runtime, candidates, wait)
+        chosen, candidates = self._choose(spec, rows, runtimes)
+        self._assign(rec, chosen, float(runtimes[c.hw[chosen]]), candidates, wait)
         return True
+
+    def _fitting_rows(self, spec: TaskSpec, shape: object) -> tuple[IntArray, IntArray]:
+        """Rows the shape fits on now, and their hardware classes (memoised per shape
+        until the next placement)."""
+        memo = self._rows_memo.get(shape)
+        if memo is None:
+            rows = np.flatnonzero(self.cluster.fit_mask(spec))
+            memo = self._rows_memo[shape] = (rows, np.unique(self.cluster.hw[rows]))
+        return memo
 
     def _choose(
         self, spec: TaskSpec, rows: IntArray, runtimes: FloatArray
@@ -257,6 +282,9 @@ class _Cycle:
         if res is not None:
             res.consume(spec, runtime, self.now)
         core.round_robin_next = row + 1
+        self.envelope = self.cluster.envelope()
+        self._rows_memo.clear()
+        self._start_memo.clear()
         reason = self._reason(hardware, runtime, candidates)
         decision = Decision(
             decision_id=decision_id,
@@ -311,14 +339,16 @@ class _Cycle:
         )
 
     # ------------------------------------------------------------------ waiting
-    def _block(self, rec: TaskRecord, runtimes: FloatArray, wait: WaitOption | None) -> None:
+    def _block(
+        self, rec: TaskRecord, runtimes: FloatArray, wait: WaitOption | None, shape: object
+    ) -> None:
         self.blocked.append(rec)
         if self.policy.backfill != "reserve":
             return
         if len(self.reservations) >= self.params.max_reservations:
             return
         if wait is None:
-            wait = self._best_wait(rec, runtimes, exclude=set())
+            wait = self._best_wait(rec, runtimes, set(), shape)
         if wait is None or not math.isfinite(wait.start_s):
             return
         self.core.check_deadline(rec, self.now, wait.completion_s)
@@ -334,15 +364,19 @@ class _Cycle:
             spare_cpu=spare[1] - rec.spec.cpu_milli,
             spare_mem=spare[2] - rec.spec.memory_mib,
         )
+        self._start_memo.clear()
 
     def _best_wait(
-        self, rec: TaskRecord, runtimes: FloatArray, exclude: set[int]
+        self, rec: TaskRecord, runtimes: FloatArray, exclude: set[int], shape: object
     ) -> WaitOption | None:
         best: WaitOption | None = None
         for h, runtime in enumerate(runtimes.tolist()):
             if h in exclude or not math.isfinite(runtime):
                 continue
-            start, row = self._earliest_start(rec.spec, h)
+            memo = self._start_memo.get((shape, h))
+            if memo is None:
+                memo = self._start_memo[(shape, h)] = self._earliest_start(rec.spec, h)
+            start, row = memo
             if row >= 0 and (best is None or start + runtime < best.completion_s):
                 best = WaitOption(h, row, start, start + runtime)
         return best
@@ -427,15 +461,16 @@ class _Cycle:
     def _try_preempt(self, rec: TaskRecord) -> bool:
         core, c, p, spec = self.core, self.cluster, self.params, rec.spec
         runtimes = core.runtimes(rec)
-        n = c.size
-        mask = c.alive[:n] & (c.cpu_cap[:n] >= spec.cpu_milli) & (c.gpu_cap[:n] >= spec.gpus)
-        mask &= c.mem_cap[:n] >= spec.memory_mib
+        # Only rows running preemptible work can make room.
+        rows = np.fromiter(sorted(core.preemptible_on_row), np.int64)
+        mask = c.alive[rows] & (c.cpu_cap[rows] >= spec.cpu_milli) & (c.gpu_cap[rows] >= spec.gpus)
+        mask &= c.mem_cap[rows] >= spec.memory_mib
         if spec.allowed_hardware:
-            mask &= c.hardware_mask(spec.allowed_hardware)
+            mask &= c.hardware_mask(spec.allowed_hardware)[rows]
         labels = c.label_mask(spec.governance)
         if labels is not None:
-            mask &= labels
-        rows = np.flatnonzero(mask)
+            mask &= labels[rows]
+        rows = rows[mask]
         rows = rows[np.argsort(runtimes[c.hw[rows]], kind="stable")][:64]
         overhead = p.restart_overhead_s if rec.progress > 0 else 0.0
         for row in rows.tolist():

@@ -42,8 +42,9 @@ class RuntimeForecaster(Protocol):
 class IntervalForecaster(RuntimeForecaster, Protocol):
     """A forecaster that also says how sure it is."""
 
-    def predict_interval(self, task: TaskSpec, hardware: str) -> tuple[float, float]:
-        """A (low, high) range for the whole runtime, roughly one typical error wide.
+    def predict_range(self, task: TaskSpec, hardware: str) -> tuple[float, float, float]:
+        """(low, estimate, high) for the whole runtime; the range is roughly one typical
+        error wide, and the estimate equals ``predict``.
 
         The scheduler orders the queue by the low end (optimism under uncertainty: a task
         of a kind never seen gets a chance to run, and so to be learned, instead of
@@ -152,11 +153,11 @@ class RunningMeanForecaster:
     def predict(self, task: TaskSpec, hardware: str) -> float:
         return self._estimate(task, hardware)[0]
 
-    def predict_interval(self, task: TaskSpec, hardware: str) -> tuple[float, float]:
+    def predict_range(self, task: TaskSpec, hardware: str) -> tuple[float, float, float]:
         estimate, source = self._estimate(task, hardware)
         err = self._source_error.get(source)
         spread = math.exp(err.mean) if err is not None and err.count else _PRIOR_SPREAD[source]
-        return estimate / spread, estimate * spread
+        return estimate / spread, estimate, estimate * spread
 
     def _estimate(self, task: TaskSpec, hardware: str) -> tuple[float, str]:
         """The estimate and which rule of the class docstring produced it."""

@@ -173,6 +173,7 @@ def test_increase_agrees_with_allocation_on_random_nodes(
     for i, per_gpu in enumerate(free):
         cluster.upsert(node(f"n{i}", gpus=4))
         cluster.gpu_free[i, :] = per_gpu  # set the free shares directly
+        cluster.refresh_row(i)
     kind, amount = demand
     spec = task("x", share=amount) if kind == "share" else task("x", gpus=amount)
     rows = np.flatnonzero(cluster.fit_mask(spec))
