@@ -21,13 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cluster import FloatArray, IntArray
+from .cluster import Cluster, FloatArray, IntArray
 from .core import SchedulerCore, TaskRecord
 from .instructions import Assign, Candidate, Decision, Preempt
 from .model import GPU_MILLI, TaskSpec, TaskState
 from .plugins import ScoreContext
 
 S = TaskState
+
+#: Rows per hardware class examined when estimating when a blocked task could start.
+EARLIEST_START_ROWS = 32
 
 
 @dataclass(slots=True)
@@ -396,8 +399,10 @@ class _Cycle:
         if rows.size == 0:
             return math.inf, -1
         bound = core.row_next_end[rows]
+        order = np.argsort(bound, kind="stable")
         best_t, best_row = math.inf, -1
-        for i in np.argsort(bound, kind="stable"):
+        # An estimate: the rows whose attempts end first are the likely winners.
+        for i in order[:EARLIEST_START_ROWS]:
             row = int(rows[i])
             if bound[i] >= best_t:
                 break
@@ -417,35 +422,23 @@ class _Cycle:
         )
 
     def _row_fit_time(self, spec: TaskSpec, row: int) -> float:
-        c = self.cluster
-        gpu = c.gpu_free[row].copy()
-        cpu, mem = int(c.cpu_free[row]), int(c.mem_free[row])
-        if _fits(spec, gpu, cpu, mem):
+        room = _Room(self.cluster, row)
+        if room.fits(spec):
             return self.now
         for end, r in self._running_by_end(row):
-            cpu += r.spec.cpu_milli
-            mem += r.spec.memory_mib
-            per = r.spec.gpu_milli if r.spec.is_gpu_share else GPU_MILLI
-            for g in r.gpu_indices:
-                gpu[g] += per
-            if _fits(spec, gpu, cpu, mem):
+            room.release(r)
+            if room.fits(spec):
                 return end
         return math.inf
 
     def _free_at(self, spec: TaskSpec, row: int, when: float) -> tuple[int, int, int]:
         """(whole GPUs, cpu, memory) free on ``row`` at ``when`` by predicted ends."""
-        c = self.cluster
-        gpu = c.gpu_free[row].copy()
-        cpu, mem = int(c.cpu_free[row]), int(c.mem_free[row])
+        room = _Room(self.cluster, row)
         for end, r in self._running_by_end(row):
             if end > when:
                 break
-            cpu += r.spec.cpu_milli
-            mem += r.spec.memory_mib
-            per = r.spec.gpu_milli if r.spec.is_gpu_share else GPU_MILLI
-            for g in r.gpu_indices:
-                gpu[g] += per
-        return int((gpu == GPU_MILLI).sum()), cpu, mem
+            room.release(r)
+        return room.whole_gpus(), room.cpu, room.mem
 
     # ------------------------------------------------------------------ step 5
     def _preempt(self) -> None:
@@ -511,18 +504,12 @@ class _Cycle:
         return out
 
     def _enough(self, spec: TaskSpec, row: int, victims: list[TaskRecord]) -> list[TaskRecord]:
-        c = self.cluster
-        gpu = c.gpu_free[row].copy()
-        cpu, mem = int(c.cpu_free[row]), int(c.mem_free[row])
+        room = _Room(self.cluster, row)
         chosen = []
         for v in victims:
             chosen.append(v)
-            cpu += v.spec.cpu_milli
-            mem += v.spec.memory_mib
-            per = v.spec.gpu_milli if v.spec.is_gpu_share else GPU_MILLI
-            for g in v.gpu_indices:
-                gpu[g] += per
-            if _fits(spec, gpu, cpu, mem):
+            room.release(v)
+            if room.fits(spec):
                 return chosen
         return []
 
@@ -547,11 +534,32 @@ class _Cycle:
             )
 
 
-def _fits(spec: TaskSpec, gpu: IntArray, cpu: int, mem: int) -> bool:
-    if cpu < spec.cpu_milli or mem < spec.memory_mib:
-        return False
-    if spec.gpus == 0:
-        return True
-    if spec.is_gpu_share:
-        return bool((gpu >= spec.gpu_milli).any())
-    return int((gpu == GPU_MILLI).sum()) >= spec.gpus
+class _Room:
+    """A node's free resources as plain numbers, to replay predicted releases cheaply."""
+
+    __slots__ = ("cpu", "gpu", "mem")
+
+    def __init__(self, cluster: Cluster, row: int) -> None:
+        self.gpu: list[int] = cluster.gpu_free[row].tolist()
+        self.cpu = int(cluster.cpu_free[row])
+        self.mem = int(cluster.mem_free[row])
+
+    def release(self, rec: TaskRecord) -> None:
+        spec = rec.spec
+        self.cpu += spec.cpu_milli
+        self.mem += spec.memory_mib
+        per = spec.gpu_milli if spec.is_gpu_share else GPU_MILLI
+        for g in rec.gpu_indices:
+            self.gpu[g] += per
+
+    def whole_gpus(self) -> int:
+        return sum(1 for free in self.gpu if free == GPU_MILLI)
+
+    def fits(self, spec: TaskSpec) -> bool:
+        if self.cpu < spec.cpu_milli or self.mem < spec.memory_mib:
+            return False
+        if spec.gpus == 0:
+            return True
+        if spec.is_gpu_share:
+            return any(free >= spec.gpu_milli for free in self.gpu)
+        return self.whole_gpus() >= spec.gpus

@@ -68,7 +68,7 @@ class PolicyParams:
     #: Tenant fair share: a tenant holding the whole cluster is pushed back this long.
     fair_share_s: float = 86400.0
     #: Queued tasks re-keyed per call after learning moved their predictions.
-    rekey_budget: int = 64
+    rekey_budget: int = 8
     #: Blocked tasks per cycle that may trigger preemption.
     max_preemption_checks: int = 4
 
