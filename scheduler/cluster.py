@@ -35,6 +35,7 @@ class Cluster:
         self._alloc(initial_rows)
         self._hw_mask_cache: dict[frozenset[str], BoolArray] = {}
         self._totals: tuple[int, int, int] | None = None
+        self._class_rows: dict[int, IntArray] = {}
         self._label_mask_cache: dict[tuple[str, str], BoolArray] = {}
 
     # ------------------------------------------------------------------ storage
@@ -130,6 +131,7 @@ class Cluster:
         self.alive[row] = True
         self.refresh_row(row)
         self._totals = None
+        self._class_rows.clear()
 
     def refresh_row(self, row: int) -> None:
         """Recompute a row's derived GPU indexes (call after writing ``gpu_free``)."""
@@ -140,6 +142,17 @@ class Cluster:
     def mark_dead(self, row: int) -> None:
         self.alive[row] = False
         self._totals = None
+        self._class_rows.clear()
+
+    def class_rows(self, hw_index: int) -> IntArray:
+        """Alive rows of one hardware class (cached until membership changes)."""
+        rows = self._class_rows.get(hw_index)
+        if rows is None:
+            n = self.size
+            rows = self._class_rows[hw_index] = np.flatnonzero(
+                (self.hw[:n] == hw_index) & self.alive[:n]
+            )
+        return rows
 
     # ------------------------------------------------------------------ masks
     def hardware_mask(self, allowed: frozenset[str]) -> BoolArray:

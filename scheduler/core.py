@@ -289,7 +289,10 @@ class SchedulerCore:
         self.forecaster.learn(spec, hardware, observed_s)
         self.learned_types.add(spec.task_type)
         for t, rep in reps.items():
-            if abs(self.sort_runtime(rep) - before[t]) > 0.05 * before[t]:
+            if (
+                abs(self.sort_runtime(rep) - before[t])
+                > self.policy.params.rekey_threshold * before[t]
+            ):
                 self.stale_types[t] = list(self.queued_by_type[t])
 
     def _rekey_stale(self, budget: int) -> None:

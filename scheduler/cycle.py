@@ -389,13 +389,13 @@ class _Cycle:
         predicted ends of the attempts on it; a node reserved for an earlier task in this
         cycle counts from that task's predicted end, unless the reservation leaves room."""
         c, core = self.cluster, self.core
-        n = c.size
-        mask = (c.hw[:n] == hw_index) & c.alive[:n] & (c.cpu_cap[:n] >= spec.cpu_milli)
-        mask &= (c.mem_cap[:n] >= spec.memory_mib) & (c.gpu_cap[:n] >= spec.gpus)
+        rows = c.class_rows(hw_index)
+        mask = (c.cpu_cap[rows] >= spec.cpu_milli) & (c.mem_cap[rows] >= spec.memory_mib)
+        mask &= c.gpu_cap[rows] >= spec.gpus
         labels = c.label_mask(spec.governance)
         if labels is not None:
-            mask &= labels
-        rows = np.flatnonzero(mask)
+            mask &= labels[rows]
+        rows = rows[mask]
         if rows.size == 0:
             return math.inf, -1
         bound = core.row_next_end[rows]

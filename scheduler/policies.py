@@ -67,6 +67,8 @@ class PolicyParams:
     restart_overhead_s: float = 30.0
     #: Tenant fair share: a tenant holding the whole cluster is pushed back this long.
     fair_share_s: float = 86400.0
+    #: Re-key a type's queued tasks when learning moved its prediction by this fraction.
+    rekey_threshold: float = 0.2
     #: Queued tasks re-keyed per call after learning moved their predictions.
     rekey_budget: int = 8
     #: Blocked tasks per cycle that may trigger preemption.
