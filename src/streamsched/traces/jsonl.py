@@ -124,6 +124,10 @@ def _job(
             f"runtime_s names no hardware class the task allows (allowed_hardware: "
             f"{', '.join(allowed)}; runtime_s: {', '.join(line.runtime_s)})"
         )
-    spec = dataclasses.replace(task_spec_from_event(event), deadline_s=line.deadline_s)
+    # The classes a trace gives a runtime for are the ones the task can run on.
+    feasible = frozenset(line.runtime_s) & frozenset(allowed or line.runtime_s)
+    spec = dataclasses.replace(
+        task_spec_from_event(event), deadline_s=line.deadline_s, allowed_hardware=feasible
+    )
     runtimes = MappingProxyType(dict(line.runtime_s))
     return TraceJob(spec, line.at_s, runtimes, source_ref=ref)

@@ -1,0 +1,145 @@
+"""``streamsched bench core``: how a placement decision's cost grows with nodes and backlog
+(the method is in :mod:`streamsched.benchcore`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streamsched.benchcore import BenchPoint, machine_info, run_grid
+
+from ._common import (
+    cli_errors,
+    json_safe,
+    parse_int_list,
+    parse_params,
+    stderr_console,
+    stdout_console,
+)
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+
+
+@app.command("core")
+def core(
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write machine info and points as JSON.")
+    ] = None,
+    nodes: Annotated[str, typer.Option(help="Node counts, comma-separated.")] = "100,1000,10000",
+    queued: Annotated[
+        str, typer.Option(help="Queued-task counts, comma-separated.")
+    ] = "1000,10000,100000",
+    decisions: Annotated[
+        int, typer.Option(min=1, help="Completion calls to time per grid point (at most).")
+    ] = 2000,
+    policy: Annotated[str, typer.Option(help="Policy to measure.")] = "forecast",
+    param: Annotated[
+        list[str] | None, typer.Option(help="Policy parameter KEY=VALUE (repeatable).")
+    ] = None,
+    budget_s: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Stop a grid point after this many seconds of measuring (setup not counted; "
+            "0: no limit).",
+        ),
+    ] = 15.0,
+    seed: Annotated[int, typer.Option(help="Seed of the workload.")] = 0,
+) -> None:
+    """Time SchedulerCore.handle for one completion (which frees room) at each
+    (nodes x queued) point: latency p50/p99/max in microseconds, assignments per call."""
+    node_counts = parse_int_list(nodes, "--nodes")
+    queue_sizes = parse_int_list(queued, "--queued")
+    params = parse_params(param)
+    out, err = stdout_console(), stderr_console()
+    info = machine_info()
+    out.print(
+        f"machine: {info['platform']}, Python {info['python']}, {info['cpu_count']} CPUs, "
+        f"numpy {info['numpy']}",
+        markup=False,
+        soft_wrap=True,
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    progress = Progress(
+        *columns, TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal
+    )
+    task = progress.add_task("setup", total=decisions)
+
+    def on_decision(done: int, total: int) -> None:
+        progress.update(task, completed=done, description="measuring")
+
+    def on_point(point: BenchPoint) -> None:
+        progress.console.print(_point_line(point), markup=False, soft_wrap=True)
+        progress.update(task, completed=0, description="setup")
+
+    with progress, cli_errors():
+        points = run_grid(
+            node_counts,
+            queue_sizes,
+            decisions,
+            policy=policy,
+            params=params,
+            seed=seed,
+            budget_s=budget_s if budget_s > 0 else math.inf,
+            on_point=on_point,
+            on_decision=on_decision,
+        )
+    out.print(_table(points, policy))
+    if any(p.stopped_by_budget for p in points):
+        out.print(
+            f"some points stopped before {decisions} decisions after --budget-s "
+            f"{budget_s:g} s of measuring (see the 'calls' column)",
+            markup=False,
+            soft_wrap=True,
+        )
+    if json_out is not None:
+        config = {
+            "policy": policy,
+            "params": params,
+            "nodes": node_counts,
+            "queued": queue_sizes,
+            "decisions": decisions,
+            "budget_s": budget_s,
+            "seed": seed,
+        }
+        data = {"machine": info, "config": config, "points": [p.to_dict() for p in points]}
+        with cli_errors("--json"):
+            json_out.write_text(json.dumps(json_safe(data), indent=2) + "\n", "utf-8")
+        out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
+
+
+def _point_line(p: BenchPoint) -> str:
+    return (
+        f"nodes={p.nodes} queued={p.queued_target}: p50 {p.p50_us:,.0f} us, "
+        f"p99 {p.p99_us:,.0f} us over {p.decisions} calls (setup {p.setup_s:.1f} s)"
+    )
+
+
+def _table(points: list[BenchPoint], policy: str) -> Table:
+    table = Table(title=f"core decision latency, policy {policy}", title_justify="left")
+    headers = ["nodes", "queued", "running", "GPU alloc", "calls", "p50 us", "p99 us"]
+    headers += ["max us", "assigns/call", "setup s"]
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    for p in points:
+        table.add_row(
+            f"{p.nodes:,}",
+            f"{p.queued_at_start:,}",
+            f"{p.running_at_start:,}",
+            f"{100 * p.gpu_allocated_at_start:.0f}%",
+            f"{p.decisions}",
+            f"{p.p50_us:,.0f}",
+            f"{p.p99_us:,.0f}",
+            f"{p.max_us:,.0f}",
+            f"{p.assigns_per_call:.2f}",
+            f"{p.setup_s:.1f}",
+        )
+    return table
