@@ -1,1 +1,1 @@
-"""The faust-streaming stream processor (topics, tables, agents). Built in the live-pipeline work."""
+"""The faust-streaming stream processor: topics, tables and agents (live pipeline)."""

@@ -83,7 +83,7 @@ def test_simulate_sample_fifo_writes_json_and_plots(tmp_path: Path) -> None:
         "--policy", "fifo", "--json", out, "--plot", plots, "--param", "sjf_weight=2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "skipped 7 jobs" in result.stdout  # the loader's notes come first
+    assert "clamped 7 jobs from 2 to 1 GPUs" in result.stdout  # the loader's notes come first
     assert "fifo" in result.stdout
     data = read_json(out)
     assert list(data) == ["fifo"]
@@ -96,7 +96,7 @@ def test_simulate_sample_fifo_writes_json_and_plots(tmp_path: Path) -> None:
     assert meta["cluster"] == SAMPLE_CLUSTER
     assert meta["skipped_by_loader"] == 7
     assert meta["params"] == {"sjf_weight": 2.0}
-    assert any("skipped 7 jobs" in note for note in meta["loader_notes"])
+    assert any("clamped 7 jobs" in note for note in meta["loader_notes"])
     assert {p.name for p in plots.iterdir()} == {"jct_cdf.png", "gpu_utilization.png"}
 
 

@@ -59,7 +59,7 @@ def test_gavel_loads_every_line_as_job_or_skip(
     stem: str, count: int, gavel_dir: Path, throughputs: Throughputs
 ) -> None:
     path = gavel_dir / f"{stem}.trace"
-    trace = load_gavel(path, gavel_dir / "simulation_throughputs.json")
+    trace = load_gavel(path, gavel_dir / "simulation_throughputs.json", wide_jobs="reject")
     assert trace.name == stem
     assert len(trace.jobs) + len(trace.skipped) == count == len(_lines(path))
     # Independent expectation: a line loads iff some class has a positive throughput.
@@ -120,7 +120,7 @@ def test_gavel_infeasible_hardware_is_a_constraint(gavel_dir: Path) -> None:
 
 def test_gavel_jobs_wider_than_8_are_skipped_with_reason(gavel_dir: Path) -> None:
     path = gavel_dir / "2869ce.trace"
-    trace = load_gavel(path, gavel_dir / "simulation_throughputs.json")
+    trace = load_gavel(path, gavel_dir / "simulation_throughputs.json", wide_jobs="reject")
     reasons = {int(s.source_ref.split(":")[1]): s.reason for s in trace.skipped}
     wide = [(i, f) for i, f in enumerate(_lines(path), start=1) if int(f[6]) in (16, 32)]
     assert len(wide) == 72
@@ -132,7 +132,9 @@ def test_gavel_jobs_wider_than_8_are_skipped_with_reason(gavel_dir: Path) -> Non
 
 def test_gavel_wide_jobs_reject(gavel_dir: Path) -> None:
     path = gavel_dir / "0e4a51.trace"
-    trace = load_gavel(path, gavel_dir / "simulation_throughputs.json", max_gpus_per_job=4)
+    trace = load_gavel(
+        path, gavel_dir / "simulation_throughputs.json", wide_jobs="reject", max_gpus_per_job=4
+    )
     reasons = {int(s.source_ref.split(":")[1]): s.reason for s in trace.skipped}
     eights = [i for i, f in enumerate(_lines(path), start=1) if f[6] == "8"]
     assert eights
@@ -163,7 +165,7 @@ def test_gavel_wide_jobs_clamp(gavel_dir: Path, throughputs: Throughputs) -> Non
 
 def test_gavel_clamp_rescues_jobs_wider_than_the_data(gavel_dir: Path) -> None:
     tput_path = gavel_dir / "simulation_throughputs.json"
-    plain = load_gavel(gavel_dir / "7f04ca.trace", tput_path)
+    plain = load_gavel(gavel_dir / "7f04ca.trace", tput_path, wide_jobs="reject")
     clamped = load_gavel(
         gavel_dir / "7f04ca.trace", tput_path, wide_jobs="clamp", max_gpus_per_job=8
     )
@@ -192,7 +194,7 @@ def test_gavel_throughputs_parsed_once_and_fast(gavel_dir: Path) -> None:
 
 
 def test_packaged_sample_loads() -> None:
-    trace = load_trace("gavel:sample")
+    trace = load_trace("gavel:sample", wide_jobs="reject")
     assert trace.name == "gavel-sample"
     assert len(trace.jobs) + len(trace.skipped) == 140
     assert trace.jobs[0].arrival_s == 0.0
@@ -336,7 +338,7 @@ def test_openb_pods_without_runtime(tmp_path: Path) -> None:
 
 
 def test_load_trace_finds_companion_files(gavel_dir: Path, openb_dir: Path) -> None:
-    assert len(load_trace(f"gavel:{gavel_dir / '23dbec.trace'}").jobs) == 8
+    assert len(load_trace(f"gavel:{gavel_dir / '23dbec.trace'}", wide_jobs="reject").jobs) == 8
     trace = load_trace(f"openb:{openb_dir / 'openb_pod_list_default.csv'}")
     assert len(trace.nodes) == 1523
 
