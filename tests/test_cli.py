@@ -94,7 +94,7 @@ def test_simulate_sample_fifo_writes_json_and_plots(tmp_path: Path) -> None:
     meta = report["meta"]
     assert meta["trace"] == "gavel-sample"
     assert meta["cluster"] == SAMPLE_CLUSTER
-    assert meta["skipped_by_loader"] == 7
+    assert meta["skipped_by_loader"] == 0  # clamped instead (see the loader notes)
     assert meta["params"] == {"sjf_weight": 2.0}
     assert any("clamped 7 jobs" in note for note in meta["loader_notes"])
     assert {p.name for p in plots.iterdir()} == {"jct_cdf.png", "gpu_utilization.png"}
