@@ -54,38 +54,25 @@ class Cluster:
         self.whole_free = np.zeros(rows, np.int64)
         self.share_free = np.zeros(rows, np.int64)
 
+    _COLUMNS = (
+        "cpu_cap",
+        "mem_cap",
+        "cpu_free",
+        "mem_free",
+        "gpu_cap",
+        "gpu_free",
+        "hw",
+        "alive",
+        "whole_free",
+        "share_free",
+    )
+
     def _grow(self) -> None:
-        old = (
-            self.cpu_cap,
-            self.mem_cap,
-            self.cpu_free,
-            self.mem_free,
-            self.gpu_cap,
-            self.gpu_free,
-            self.hw,
-            self.alive,
-            self.whole_free,
-            self.share_free,
-        )
+        old = {name: getattr(self, name) for name in self._COLUMNS}
         n = len(self.node_ids)
-        self._alloc(max(64, 2 * old[0].shape[0]))
-        for new, prev in zip(
-            (
-                self.cpu_cap,
-                self.mem_cap,
-                self.cpu_free,
-                self.mem_free,
-                self.gpu_cap,
-                self.gpu_free,
-                self.hw,
-                self.alive,
-                self.whole_free,
-                self.share_free,
-            ),
-            old,
-            strict=True,
-        ):
-            new[:n] = prev[:n]
+        self._alloc(max(64, 2 * self.cpu_cap.shape[0]))
+        for name, prev in old.items():
+            getattr(self, name)[:n] = prev[:n]
 
     @property
     def size(self) -> int:

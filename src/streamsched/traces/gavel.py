@@ -86,22 +86,22 @@ def load_gavel(
     for lineno, job_type, steps, arrival, scale in _read_lines(path):
         ref = f"{path.name}:{lineno}"
         width = scale
-        too_wide = max_gpus_per_job is not None and scale > max_gpus_per_job
+        largest = max_gpus_per_job or scale
+        too_wide = scale > largest
         if too_wide and wide_jobs == "reject":
             reason = f"needs {scale} GPUs; the largest node has {max_gpus_per_job}"
             skipped.append(SkippedJob(ref, reason))
-            skip_counts[("wider than the largest node ({} GPUs)", max_gpus_per_job)] += 1
+            skip_counts[("wider than the largest node ({} GPUs)", largest)] += 1
             continue
         if wide_jobs == "clamp" and (too_wide or (job_type, scale) not in table):
-            limit = min(scale, max_gpus_per_job or scale)
-            clamped = _clamp_width(table, job_type, limit)
+            clamped = _clamp_width(table, job_type, min(scale, largest))
             if clamped is None and too_wide:
                 reason = (
                     f"needs {scale} GPUs; the largest node has {max_gpus_per_job} and no "
                     f"narrower width has throughput data in {tput_name}"
                 )
                 skipped.append(SkippedJob(ref, reason))
-                skip_counts[("wider than the largest node ({} GPUs)", max_gpus_per_job)] += 1
+                skip_counts[("wider than the largest node ({} GPUs)", largest)] += 1
                 continue
             if clamped is not None:
                 width = clamped
