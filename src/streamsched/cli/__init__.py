@@ -56,7 +56,7 @@ def _root(
 def demo() -> None:
     """Replay the packaged Gavel sample through every policy on a 12-GPU fleet."""
     stdout_console().print(
-        "demo: 133 jobs of Microsoft's Philly trace (as prepared by Gavel) replayed on "
+        "demo: a slice of Microsoft's Philly trace (as prepared by Gavel) replayed on "
         "4 V100 + 4 P100 + 4 K80 GPUs, once per policy; same as\n"
         "  streamsched simulate --trace gavel:sample --cluster v100=4,p100=4,k80=4 "
         "--policy all",
