@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -258,7 +259,14 @@ def _run_all(
             def on_progress(done: int, total: int, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)
 
-            sim = Simulator(trace, nodes, policy, config=config, on_progress=on_progress)
+            sim = Simulator(
+                trace,
+                nodes,
+                policy,
+                config=config,
+                on_progress=on_progress,
+                clock=time.perf_counter,
+            )
             reports[policy.name] = sim.run()
             bar.remove_task(task)
     return reports
