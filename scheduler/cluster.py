@@ -274,10 +274,3 @@ class Cluster:
         alive = self.alive[:n]
         free = self.gpu_free[:n][alive]
         return int(self.gpu_cap[:n][alive].sum()) * GPU_MILLI - int(free[free > 0].sum())
-
-    def hardware_rows(self, hardware: str) -> IntArray:
-        idx = self._hardware_index.get(hardware)
-        if idx is None:
-            return np.zeros(0, np.int64)
-        n = self.size
-        return np.flatnonzero((self.hw[:n] == idx) & self.alive[:n])

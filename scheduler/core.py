@@ -10,7 +10,7 @@ with the same ``now`` values gives the same instructions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -227,19 +227,13 @@ class SchedulerCore:
         return float(finite.min()) if finite.size else self.best_runtime(rec)
 
     def tenant_share(self, tenant: str) -> float:
-        """Dominant resource share of ``tenant`` (0..1) over CPU, memory and GPU."""
+        """Dominant resource share of ``tenant`` (0..1): its largest fraction of the
+        cluster's CPU, memory or GPU (dominant resource fairness)."""
         alloc = self.tenant_alloc.get(tenant)
         if not alloc:
             return 0.0
         totals = self.cluster.totals()
-        return (
-            max(a / t for a, t in zip(alloc, totals, strict=True) if t > 0) if any(totals) else 0.0
-        )
-
-    def running(self) -> Iterator[TaskRecord]:
-        for ids in self.on_row.values():
-            for tid in ids:
-                yield self.tasks[tid]
+        return max((a / t for a, t in zip(alloc, totals, strict=True) if t > 0), default=0.0)
 
     # ================================================================== transitions
     def transition(self, rec: TaskRecord, new: TaskState, reason: str, now: float) -> None:

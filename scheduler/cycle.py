@@ -87,7 +87,6 @@ class _Cycle:
         self.reservations: dict[int, Reservation] = {}
         self.blocked: list[TaskRecord] = []
         self.failed_shapes: set[object] = set()
-        self.totals = self.cluster.totals()
         self.envelope = self.cluster.envelope()
         self._rows_memo: dict[object, tuple[IntArray, IntArray]] = {}
         self._start_memo: dict[tuple[object, int], tuple[float, int]] = {}
@@ -118,7 +117,7 @@ class _Cycle:
                     continue
                 key, seq, _ = entries[i]
                 if self.policy.fair_share:
-                    key = (key[0] + params.fair_share_s * self._share(group), *key[1:])
+                    key = (key[0] + params.fair_share_s * self.core.tenant_share(group), *key[1:])
                 if best is None or (key, seq) < best[:2]:
                     best = (key, seq, group)
             if best is None:
@@ -129,12 +128,6 @@ class _Cycle:
             yield tid
             if tid in queue:
                 cursors[group] += 1
-
-    def _share(self, tenant: str) -> float:
-        alloc = self.core.tenant_alloc.get(tenant)
-        if not alloc:
-            return 0.0
-        return max((a / t for a, t in zip(alloc, self.totals, strict=True) if t > 0), default=0.0)
 
     # ------------------------------------------------------------------ steps 2-4
     def run(self) -> None:
