@@ -246,7 +246,7 @@ class _Cycle:
                     hardware=c.hardware_names[int(h)],
                     score=float(scores[best]),
                     predicted_runtime_s=float(runtimes[int(h)]),
-                    expected_start_s=self.now,
+                    expected_wait_s=0.0,
                 )
             )
         return out
@@ -317,7 +317,7 @@ class _Cycle:
     def _reason(self, hardware: str, runtime: float, candidates: list[Candidate]) -> str:
         scorers = "+".join(s.name for s in self.policy.scorers)
         others = ", ".join(
-            f"{cand.hardware} {cand.expected_start_s - self.now + cand.predicted_runtime_s:.0f}s"
+            f"{cand.hardware} {cand.expected_wait_s + cand.predicted_runtime_s:.0f}s"
             for cand in candidates
             if cand.hardware != hardware
         )
@@ -331,7 +331,7 @@ class _Cycle:
             hardware=c.hardware_names[wait.hardware_index],
             score=-wait.completion_s,
             predicted_runtime_s=wait.completion_s - wait.start_s,
-            expected_start_s=wait.start_s,
+            expected_wait_s=wait.start_s - self.now,
         )
 
     # ------------------------------------------------------------------ waiting

@@ -20,7 +20,8 @@ class Candidate:
     #: Higher is better; ``-inf`` never appears for a chosen candidate.
     score: float
     predicted_runtime_s: float
-    expected_start_s: float
+    #: Predicted wait before the task could start there (0 when it fits now).
+    expected_wait_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,7 +87,7 @@ class DecisionCandidate(WireModel):
     hardware: HardwareClass
     score: StrictFloat | None
     predicted_runtime_s: _Seconds
-    expected_start_s: _Seconds = Field(description="Predicted wait before the start, seconds.")
+    expected_wait_s: _Seconds = Field(description="Predicted wait before the start, seconds.")
 
 
 class DecisionAudit(EventEnvelope):

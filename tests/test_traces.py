@@ -99,7 +99,7 @@ def test_gavel_first_job_of_0e4a51(gavel_dir: Path, throughputs: Throughputs) ->
     assert job.spec.declared_work == 95121
     assert job.arrival_s == 0.0
     assert set(job.true_runtime_s) == {"gpu-k80", "gpu-p100", "gpu-v100"}
-    assert job.spec.allowed_hardware == frozenset()
+    assert job.spec.allowed_hardware == set(job.true_runtime_s)
 
 
 def test_gavel_infeasible_hardware_is_a_constraint(gavel_dir: Path) -> None:
@@ -114,7 +114,7 @@ def test_gavel_infeasible_hardware_is_a_constraint(gavel_dir: Path) -> None:
         assert job.spec.allowed_hardware == {"gpu-p100", "gpu-v100"}
     for job in narrow:
         assert "gpu-k80" in job.true_runtime_s
-        assert job.spec.allowed_hardware == frozenset()
+        assert job.spec.allowed_hardware == {"gpu-k80", "gpu-p100", "gpu-v100"}
     assert all(math.isfinite(t) and t > 0 for j in trace.jobs for t in j.true_runtime_s.values())
 
 

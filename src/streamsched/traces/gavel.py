@@ -119,8 +119,10 @@ def load_gavel(
                 skip_counts[("no feasible hardware", 0)] += 1
             skipped.append(SkippedJob(ref, reason))
             continue
-        allowed = frozenset() if per_hw.keys() >= all_classes else frozenset(per_hw)
-        constrained += bool(allowed)
+        # The classes with a measured throughput are the only ones a job may use: on a
+        # cluster with other classes too, nothing says how fast it would run there.
+        allowed = frozenset(per_hw)
+        constrained += not per_hw.keys() >= all_classes
         spec = TaskSpec(
             task_id=f"{path.stem}-{lineno:05d}",
             task_type=job_type,
