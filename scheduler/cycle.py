@@ -89,6 +89,7 @@ class _Cycle:
         self.failed_shapes: set[object] = set()
         self.envelope = self.cluster.envelope()
         self._rows_memo: dict[object, tuple[IntArray, IntArray]] = {}
+        self._shares: dict[str, float] = {}
         self._start_memo: dict[tuple[object, int], tuple[float, int]] = {}
 
     # ------------------------------------------------------------------ step 1
@@ -117,7 +118,7 @@ class _Cycle:
                     continue
                 key, seq, _ = entries[i]
                 if self.policy.fair_share:
-                    key = (key[0] + params.fair_share_s * self.core.tenant_share(group), *key[1:])
+                    key = (key[0] + params.fair_share_s * self._share(group), *key[1:])
                 if best is None or (key, seq) < best[:2]:
                     best = (key, seq, group)
             if best is None:
@@ -128,6 +129,13 @@ class _Cycle:
             yield tid
             if tid in queue:
                 cursors[group] += 1
+
+    def _share(self, tenant: str) -> float:
+        """The tenant's dominant share, cached for the cycle (placements update it)."""
+        share = self._shares.get(tenant)
+        if share is None:
+            share = self._shares[tenant] = self.core.tenant_share(tenant)
+        return share
 
     # ------------------------------------------------------------------ steps 2-4
     def run(self) -> None:
@@ -281,6 +289,7 @@ class _Cycle:
         self.envelope = self.cluster.envelope()
         self._rows_memo.clear()
         self._start_memo.clear()
+        self._shares.pop(spec.tenant, None)
         reason = self._reason(hardware, runtime, candidates)
         decision = Decision(
             decision_id=decision_id,
