@@ -53,6 +53,8 @@ class Cluster:
         #: the largest free share of any one GPU.
         self.whole_free = np.zeros(rows, np.int64)
         self.share_free = np.zeros(rows, np.int64)
+        #: Total free milli-GPU of the row (derived like the two above).
+        self.gpu_free_milli = np.zeros(rows, np.int64)
 
     _COLUMNS = (
         "cpu_cap",
@@ -65,6 +67,7 @@ class Cluster:
         "alive",
         "whole_free",
         "share_free",
+        "gpu_free_milli",
     )
 
     def _grow(self) -> None:
@@ -125,6 +128,7 @@ class Cluster:
         free = self.gpu_free[row]
         self.whole_free[row] = int((free == GPU_MILLI).sum())
         self.share_free[row] = int(free.max())
+        self.gpu_free_milli[row] = int(free[free > 0].sum())
 
     def mark_dead(self, row: int) -> None:
         self.alive[row] = False

@@ -573,6 +573,8 @@ class SchedulerCore:
         whole = (c.gpu_free[:n] == GPU_MILLI).sum(axis=1)
         assert (whole[alive] == c.whole_free[:n][alive]).all(), "whole-GPU index drifted"
         assert (c.gpu_free[:n].max(axis=1)[alive] == c.share_free[:n][alive]).all()
+        total = np.where(c.gpu_free[:n] > 0, c.gpu_free[:n], 0).sum(axis=1)
+        assert (total[alive] == c.gpu_free_milli[:n][alive]).all(), "free-GPU total drifted"
         assert (mem[alive] == c.mem_free[:n][alive]).all(), "memory accounting drifted"
         assert (gpu[alive] == c.gpu_free[:n][alive]).all(), "gpu accounting drifted"
         assert (c.cpu_free[:n] >= 0).all()

@@ -132,7 +132,7 @@ def _free_fractions_after(task: TaskSpec, rows: IntArray, c: Cluster) -> FloatAr
     placing ``task``."""
     cpu = (c.cpu_free[rows] - task.cpu_milli) / np.maximum(c.cpu_cap[rows], 1)
     mem = (c.mem_free[rows] - task.memory_mib) / np.maximum(c.mem_cap[rows], 1)
-    gfree = np.where(c.gpu_free[rows] > 0, c.gpu_free[rows], 0).sum(axis=1)
+    gfree = c.gpu_free_milli[rows]
     gcap = c.gpu_cap[rows] * 1000
     has_gpu = gcap > 0
     gpu = np.where(has_gpu, (gfree - task.gpu_demand_milli) / np.maximum(gcap, 1), 0.0)
@@ -198,8 +198,7 @@ class LeastFragmentation:
         out = np.full(rows.shape[0], -np.inf)
         picked = np.arange(rows.shape[0])
         if rows.shape[0] > self.max_candidates:
-            free = np.where(ctx.cluster.gpu_free[rows] > 0, ctx.cluster.gpu_free[rows], 0)
-            tight = free.sum(axis=1)
+            tight = ctx.cluster.gpu_free_milli[rows]
             picked = np.argpartition(tight, self.max_candidates - 1)[: self.max_candidates]
             picked.sort()
         out[picked] = -fragmentation_increase(ctx.cluster, ctx.workload, task, rows[picked])
