@@ -23,6 +23,10 @@ placement agent does, and times only :meth:`SchedulerCore.handle` with
    many new tasks as were placed, so the backlog stays at ``queued``. A point stops early
    once its measuring loop has run ``budget_s`` seconds.
 
+With ``split``, step 5 delivers the completion in its own untimed call (the event's
+bookkeeping: release, learning, re-keying queued tasks whose predictions moved) and then
+times a ``Tick`` that only runs the scheduling cycle: the cost of the decision alone.
+
 Every task is non-preemptible (the preemption *search* still runs for blocked tasks; no
 ``Preempt`` is issued, so the driver needs no checkpoint logic). ``now`` advances 1 s per
 decision. Nothing here asserts timings; the numbers are machine-dependent.
@@ -52,6 +56,7 @@ from streamsched.scheduler.events import (
     TaskCompleted,
     TaskStarted,
     TaskSubmitted,
+    Tick,
 )
 from streamsched.scheduler.forecasting import (
     DaskLikeForecaster,
@@ -341,6 +346,7 @@ def _measure(
     decisions: int,
     budget_s: float,
     on_decision: Callable[[int, int], None] | None,
+    split: bool = False,
 ) -> dict[str, Any]:
     """Step 5: the steady-state loop; returns the measured fields of a BenchPoint."""
     core, quiet = driver.core, _with_scan(policy, 0)
@@ -354,7 +360,12 @@ def _measure(
     stop_at = time.perf_counter() + budget_s
     while len(latencies_ns) < decisions and driver.running and time.perf_counter() < stop_at:
         driver.now += 1.0
-        event = driver.complete_random()
+        event: Event = driver.complete_random()
+        if split:
+            core.policy = quiet
+            driver.handle(event)
+            core.policy = policy
+            event = Tick(f"tick:{driver.now:g}")
         t0 = time.perf_counter_ns()
         out = core.handle(event, now=driver.now)
         latencies_ns.append(time.perf_counter_ns() - t0)
@@ -402,6 +413,7 @@ def run_grid(
     budget_s: float = math.inf,
     on_point: Callable[[BenchPoint], None] | None = None,
     on_decision: Callable[[int, int], None] | None = None,
+    split: bool = False,
 ) -> list[BenchPoint]:
     """Measure every (nodes, queued) pair: up to ``decisions`` completion calls each,
     stopping a point early after ``budget_s`` seconds of measuring.
@@ -426,7 +438,7 @@ def run_grid(
         for q in sorted(set(queued)):
             _backlog(driver, measured, q)
             setup_s = time.perf_counter() - start
-            fields = _measure(driver, measured, decisions, budget_s, on_decision)
+            fields = _measure(driver, measured, decisions, budget_s, on_decision, split)
             point = BenchPoint(
                 policy=policy, nodes=n, queued_target=q, setup_s=round(setup_s, 3), **fields
             )

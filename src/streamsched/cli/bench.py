@@ -53,6 +53,13 @@ def core(
         ),
     ] = 15.0,
     seed: Annotated[int, typer.Option(help="Seed of the workload.")] = 0,
+    split: Annotated[
+        bool,
+        typer.Option(
+            help="Time the scheduling decision alone: deliver each completion in an untimed "
+            "call first (release, learning, re-keying), then time a Tick."
+        ),
+    ] = False,
 ) -> None:
     """Time SchedulerCore.handle for one completion (which frees room) at each
     (nodes x queued) point: latency p50/p99/max in microseconds, assignments per call."""
@@ -91,6 +98,7 @@ def core(
             budget_s=budget_s if budget_s > 0 else math.inf,
             on_point=on_point,
             on_decision=on_decision,
+            split=split,
         )
     out.print(_table(points, policy))
     if any(p.stopped_by_budget for p in points):
@@ -108,6 +116,7 @@ def core(
             "queued": queue_sizes,
             "decisions": decisions,
             "budget_s": budget_s,
+            "split": split,
             "seed": seed,
         }
         data = {"machine": info, "config": config, "points": [p.to_dict() for p in points]}
