@@ -87,7 +87,7 @@ class _Cycle:
         self.reservations: dict[int, Reservation] = {}
         self.blocked: list[TaskRecord] = []
         self.failed_shapes: set[object] = set()
-        self.envelope = self.cluster.envelope()
+        self._envelope: tuple[int, int, int, int] | None = None
         self._rows_memo: dict[object, tuple[IntArray, IntArray]] = {}
         self._shares: dict[str, float] = {}
         self._start_memo: dict[tuple[object, int], tuple[float, int]] = {}
@@ -158,6 +158,18 @@ class _Cycle:
         if self.policy.preemption and self.blocked and self.core.preemptible_on_row:
             self._preempt()
 
+    @property
+    def envelope(self) -> tuple[int, int, int, int]:
+        """:meth:`Cluster.envelope`, computed when first needed after a change."""
+        if self._envelope is None:
+            self._envelope = self.cluster.envelope()
+        return self._envelope
+
+    def _classes(self, rows: IntArray) -> IntArray:
+        """Hardware classes present among ``rows``, ascending (linear, no sort)."""
+        counts = np.bincount(self.cluster.hw[rows], minlength=len(self.cluster.hardware_names))
+        return np.flatnonzero(counts)
+
     def _fits_envelope(self, spec: TaskSpec) -> bool:
         cpu, mem, whole, share = self.envelope
         if spec.cpu_milli > cpu or spec.memory_mib > mem:
@@ -182,7 +194,7 @@ class _Cycle:
             ]
             if barred:
                 rows = rows[~np.isin(rows, barred)]
-                classes = np.unique(c.hw[rows])
+                classes = self._classes(rows)
         wait = None
         if self.policy.hardware_aware:
             wait = self._best_wait(rec, runtimes, set(classes.tolist()), shape)
@@ -198,7 +210,7 @@ class _Cycle:
         ):
             self._block(rec, runtimes, wait, shape)
             return False
-        chosen, candidates = self._choose(spec, rows, runtimes)
+        chosen, candidates = self._choose(spec, rows, classes, runtimes)
         self._assign(rec, chosen, float(runtimes[c.hw[chosen]]), candidates, wait)
         return True
 
@@ -208,11 +220,11 @@ class _Cycle:
         memo = self._rows_memo.get(shape)
         if memo is None:
             rows = np.flatnonzero(self.cluster.fit_mask(spec))
-            memo = self._rows_memo[shape] = (rows, np.unique(self.cluster.hw[rows]))
+            memo = self._rows_memo[shape] = (rows, self._classes(rows))
         return memo
 
     def _choose(
-        self, spec: TaskSpec, rows: IntArray, runtimes: FloatArray
+        self, spec: TaskSpec, rows: IntArray, classes: IntArray, runtimes: FloatArray
     ) -> tuple[int, list[Candidate]]:
         core, c = self.core, self.cluster
         ctx = ScoreContext(
@@ -230,7 +242,7 @@ class _Cycle:
             scores = scorer.score(spec, cand, ctx)
             if primary is None:
                 primary = scores
-                candidates = self._candidates(rows, scores, runtimes)
+                candidates = self._candidates(rows, classes, scores, runtimes)
             top = scores.max()
             cand = cand[scores == top]
             if cand.shape[0] == 1:
@@ -238,13 +250,13 @@ class _Cycle:
         return int(cand[0]), candidates
 
     def _candidates(
-        self, rows: IntArray, scores: FloatArray, runtimes: FloatArray
+        self, rows: IntArray, classes: IntArray, scores: FloatArray, runtimes: FloatArray
     ) -> list[Candidate]:
         """The best node of each hardware class, by the primary score."""
         c = self.cluster
         hws = c.hw[rows]
         out = []
-        for h in np.unique(hws):
+        for h in classes.tolist():
             in_class = np.flatnonzero(hws == h)
             best = in_class[np.argmax(scores[in_class])]
             row = int(rows[best])
@@ -286,7 +298,7 @@ class _Cycle:
         if res is not None:
             res.consume(spec, runtime, self.now)
         core.round_robin_next = row + 1
-        self.envelope = self.cluster.envelope()
+        self._envelope = None
         self._rows_memo.clear()
         self._start_memo.clear()
         self._shares.pop(spec.tenant, None)
@@ -401,10 +413,14 @@ class _Cycle:
         if rows.size == 0:
             return math.inf, -1
         bound = core.row_next_end[rows]
-        order = np.argsort(bound, kind="stable")
-        best_t, best_row = math.inf, -1
         # An estimate: the rows whose attempts end first are the likely winners.
-        for i in order[:EARLIEST_START_ROWS]:
+        if bound.shape[0] > EARLIEST_START_ROWS:
+            first = np.argpartition(bound, EARLIEST_START_ROWS - 1)[:EARLIEST_START_ROWS]
+            order = first[np.lexsort((rows[first], bound[first]))]
+        else:
+            order = np.lexsort((rows, bound))
+        best_t, best_row = math.inf, -1
+        for i in order:
             row = int(rows[i])
             if bound[i] >= best_t:
                 break

@@ -199,7 +199,9 @@ class LeastFragmentation:
         picked = np.arange(rows.shape[0])
         if rows.shape[0] > self.max_candidates:
             tight = ctx.cluster.gpu_free_milli[rows]
-            picked = np.argpartition(tight, self.max_candidates - 1)[: self.max_candidates]
-            picked.sort()
+            # The k-th smallest free total, then the first k rows at or under it (row order
+            # breaks ties, so the choice is deterministic).
+            cut = np.partition(tight, self.max_candidates - 1)[self.max_candidates - 1]
+            picked = np.flatnonzero(tight <= cut)[: self.max_candidates]
         out[picked] = -fragmentation_increase(ctx.cluster, ctx.workload, task, rows[picked])
         return out
