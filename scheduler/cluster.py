@@ -55,6 +55,8 @@ class Cluster:
         self.share_free = np.zeros(rows, np.int64)
         #: Total free milli-GPU of the row (derived like the two above).
         self.gpu_free_milli = np.zeros(rows, np.int64)
+        #: Bumped on every change of the row, so derived values can be cached per row.
+        self.row_version = np.zeros(rows, np.int64)
 
     _COLUMNS = (
         "cpu_cap",
@@ -68,6 +70,7 @@ class Cluster:
         "whole_free",
         "share_free",
         "gpu_free_milli",
+        "row_version",
     )
 
     def _grow(self) -> None:
@@ -129,6 +132,7 @@ class Cluster:
         self.whole_free[row] = int((free == GPU_MILLI).sum())
         self.share_free[row] = int(free.max())
         self.gpu_free_milli[row] = int(free[free > 0].sum())
+        self.row_version[row] += 1
 
     def mark_dead(self, row: int) -> None:
         self.alive[row] = False

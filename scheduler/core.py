@@ -32,7 +32,7 @@ from .events import (
     Tick,
 )
 from .forecasting import DEFAULT_RUNTIME_S, IntervalForecaster, RuntimeForecaster
-from .fragmentation import WorkloadProfile
+from .fragmentation import FragmentationCache, WorkloadProfile
 from .instructions import (
     DeadlineInfeasible,
     Instruction,
@@ -130,6 +130,7 @@ class SchedulerCore:
         self.rng = np.random.default_rng(self.config.seed)
         self.round_robin_next = 0
         self.workload = WorkloadProfile()
+        self.fragmentation_cache = FragmentationCache()
         self.decisions = 0
         self.last_seen: dict[str, float] = {}
         #: Queued task ids by task type, to re-key them when learning changes predictions.

@@ -235,6 +235,7 @@ class _Cycle:
             rng=core.rng,
             round_robin_next=core.round_robin_next,
             workload=core.workload.target,
+            fragmentation_cache=core.fragmentation_cache,
         )
         cand = rows
         primary: FloatArray | None = None

@@ -96,15 +96,46 @@ def fragmentation(
     return np.asarray(target.weight @ per_shape, np.float64)
 
 
+class FragmentationCache:
+    """Each row's current expected fragmentation, recomputed only for rows that changed
+    (``Cluster.row_version``) or when the target workload changed."""
+
+    def __init__(self) -> None:
+        self._value = np.zeros(0)
+        self._version = np.zeros(0, np.int64)
+        self._target_version = -1
+
+    def current(self, cluster: Cluster, target: TargetWorkload, rows: IntArray) -> FloatArray:
+        n = cluster.size
+        if self._value.shape[0] < n or target.version != self._target_version:
+            self._value = np.zeros(cluster.row_version.shape[0])
+            self._version = np.full(cluster.row_version.shape[0], -1, np.int64)
+            self._target_version = target.version
+        stale = rows[self._version[rows] != cluster.row_version[rows]]
+        if stale.size:
+            self._value[stale] = fragmentation(
+                target, cluster.cpu_free[stale], cluster.mem_free[stale], cluster.gpu_free[stale]
+            )
+            self._version[stale] = cluster.row_version[stale]
+        return self._value[rows]
+
+
 def fragmentation_increase(
-    cluster: Cluster, target: TargetWorkload, task: TaskSpec, rows: IntArray
+    cluster: Cluster,
+    target: TargetWorkload,
+    task: TaskSpec,
+    rows: IntArray,
+    cache: FragmentationCache | None = None,
 ) -> FloatArray:
     """How much each candidate row's expected fragmentation grows if ``task`` goes there
     (the FGD score; lower is better). Rows must fit ``task``."""
     cpu = cluster.cpu_free[rows]
     mem = cluster.mem_free[rows]
     gpu = cluster.gpu_free[rows]
-    before = fragmentation(target, cpu, mem, gpu)
+    if cache is not None:
+        before = cache.current(cluster, target, rows)
+    else:
+        before = fragmentation(target, cpu, mem, gpu)
     after_gpu = gpu.copy()
     if task.is_gpu_share:
         # Same GPU choice as Cluster.choose_gpus: the fitting GPU with the least free.

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from .cluster import Cluster, FloatArray, IntArray
-from .fragmentation import TargetWorkload, fragmentation_increase
+from .fragmentation import FragmentationCache, TargetWorkload, fragmentation_increase
 from .model import PriorityClass, TaskSpec
 
 
@@ -43,6 +43,7 @@ class ScoreContext:
     #: Row after the one round-robin chose last.
     round_robin_next: int
     workload: TargetWorkload
+    fragmentation_cache: FragmentationCache | None = None
 
 
 class QueueSort(Protocol):
@@ -203,5 +204,7 @@ class LeastFragmentation:
             # breaks ties, so the choice is deterministic).
             cut = np.partition(tight, self.max_candidates - 1)[self.max_candidates - 1]
             picked = np.flatnonzero(tight <= cut)[: self.max_candidates]
-        out[picked] = -fragmentation_increase(ctx.cluster, ctx.workload, task, rows[picked])
+        out[picked] = -fragmentation_increase(
+            ctx.cluster, ctx.workload, task, rows[picked], ctx.fragmentation_cache
+        )
         return out

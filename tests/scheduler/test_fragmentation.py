@@ -3,6 +3,8 @@ and the placement FGD prefers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from streamsched.scheduler.cluster import Cluster
 from streamsched.scheduler.fragmentation import (
+    FragmentationCache,
     TargetWorkload,
     WorkloadProfile,
     fragmentation,
@@ -226,3 +229,37 @@ def test_profile_counts_gpu_shapes_only_and_refreshes_on_schedule() -> None:
     # Only the top max_shapes shapes are kept; weights are renormalised over them.
     assert profile.target.gpus.tolist() == [1, 4]
     assert profile.target.weight.sum() == pytest.approx(1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from([("share", 300), ("share", 500), ("whole", 1), ("whole", 2)]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_cached_increase_equals_uncached_through_changes(
+    steps: list[tuple[int, tuple[str, int]]],
+) -> None:
+    """The per-row cache never serves a stale value: after each real allocation (which
+    changes one row) and a target-workload change, cached and fresh scores agree."""
+    cluster = Cluster(max_gpus_per_node=4)
+    for i in range(4):
+        cluster.upsert(node(f"n{i}", gpus=4))
+    cache = FragmentationCache()
+    targets = [target(WHOLE_1, SHARE_500), replace(target(WHOLE_1), version=2)]
+    for step, (row, (kind, amount)) in enumerate(steps):
+        spec = task("x", share=amount) if kind == "share" else task("x", gpus=amount)
+        t = targets[step % 2 if step > len(steps) // 2 else 0]
+        rows = np.flatnonzero(cluster.fit_mask(spec))
+        if rows.size == 0:
+            continue
+        cached = fragmentation_increase(cluster, t, spec, rows, cache)
+        fresh = fragmentation_increase(cluster, t, spec, rows)
+        assert np.array_equal(cached, fresh)
+        if row in rows:
+            cluster.allocate(row, spec, cluster.choose_gpus(row, spec))
