@@ -1,16 +1,49 @@
-"""Map wire models (:mod:`streamsched.schemas`) onto the core's value types.
+"""Map wire models (:mod:`streamsched.schemas`) onto the core's value types, and back.
 
-Pure functions: no clock, no I/O. Imports flow ``schemas`` <- ``scheduler``: the wire
-format never imports the core, so the priority enum exists on both sides and is mapped here.
+Pure functions: no clock, no I/O, no randomness. Imports flow ``schemas`` <- ``scheduler``:
+the wire format never imports the core, so the priority enum exists on both sides and is
+mapped here.
+
+Time
+    The core measures time in float seconds. **In the live system core time is Unix epoch
+    seconds** (UTC): a wire deadline (an aware datetime) becomes ``deadline.timestamp()``,
+    and a core time becomes an aware UTC datetime with :func:`datetime_from_core_time`.
+    Trace loaders and the simulator may use another origin; they set core times themselves.
+    Naive datetimes are refused: their meaning would depend on the host's time zone.
+
+Wire -> core (:func:`core_event_from_wire`)
+    Every stimulus takes the wire ``event_id`` as its ``stimulus_id``, so the trace id of
+    the input follows the decisions it causes. Events that are not core stimuli map to
+    ``None``.
+
+Core -> wire (:func:`wire_from_instruction`)
+    Event ids of the records made here are *derived*, not random: the assignment and audit
+    of decision ``d-00000042`` are ``d-00000042.assignment`` and ``d-00000042.audit``; the
+    rejection answering submission event ``e`` is ``e.rejected``. A placement agent that
+    replays the same inputs re-makes the same decisions and republishes the same event ids,
+    which consumers deduplicate (at-least-once delivery). This relies on decision ids being
+    unique per core state: a placement agent that restarts *without* replaying its inputs
+    must use a fresh ``CoreConfig.decision_prefix``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 
+from streamsched.schemas import commands as wire_commands
+from streamsched.schemas import lifecycle as wire
+from streamsched.schemas.codec import Event as WireEvent
+from streamsched.schemas.decisions import Assignment, DecisionAudit, DecisionCandidate
 from streamsched.schemas.nodes import NodeHeartbeat
-from streamsched.schemas.tasks import DeclaredWork, Priority, TaskSubmitted
+from streamsched.schemas.tasks import DeclaredWork, Priority, TaskRejected, TaskSubmitted
+from streamsched.schemas.types import MAX_ID_CHARS, MAX_TEXT_CHARS
 
+from . import events as core
+from .instructions import Assign, Candidate, Decision, Instruction, Reject
 from .model import NodeSpec, PriorityClass, TaskSpec
 
 #: Wire priority -> core priority. Every wire value must appear (checked by the tests).
@@ -21,7 +54,38 @@ PRIORITY_TO_CORE: dict[Priority, PriorityClass] = {
     Priority.LOW: PriorityClass.LOW,
 }
 
+#: Prefix of the core failure reason made from a wire ``task.lost`` event.
+LOST_REASON_PREFIX = "lost: "
 
+
+# ====================================================================== time
+def core_time_from_datetime(moment: datetime) -> float:
+    """Core time (Unix epoch seconds) of an aware datetime. Raises ``ValueError`` for a naive
+    one."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment.isoformat()}: core time needs a UTC offset")
+    return moment.timestamp()
+
+
+def datetime_from_core_time(seconds: float) -> datetime:
+    """The aware UTC datetime of a core time (Unix epoch seconds). Raises ``ValueError`` for
+    a non-finite time."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"core time {seconds} is not finite")
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def deadline_s_from_wire(deadline: datetime | None) -> float | None:
+    """A wire deadline as core seconds (``None`` stays ``None``)."""
+    return None if deadline is None else core_time_from_datetime(deadline)
+
+
+def deadline_to_wire(deadline_s: float | None) -> datetime | None:
+    """A core deadline as an aware UTC datetime (``None`` stays ``None``)."""
+    return None if deadline_s is None else datetime_from_core_time(deadline_s)
+
+
+# ====================================================================== wire -> core values
 def declared_work_amount(work: DeclaredWork) -> float:
     """The size feature forecasters scale with: steps if given, else epochs, else input
     bytes, else 0 (unknown)."""
@@ -46,7 +110,7 @@ def task_spec_from_event(ev: TaskSubmitted) -> TaskSpec:
         gpu_milli=res.gpu_milli,
         allowed_hardware=frozenset(res.allowed_hardware),
         priority=PRIORITY_TO_CORE[ev.priority],
-        deadline_s=ev.deadline.timestamp() if ev.deadline is not None else None,
+        deadline_s=deadline_s_from_wire(ev.deadline),
         preemptible=ev.preemptible,
         depends_on=tuple(ev.depends_on),
         governance=MappingProxyType(dict(ev.governance)),
@@ -67,3 +131,228 @@ def node_spec_from_heartbeat(hb: NodeHeartbeat) -> NodeSpec:
         gpus=hb.capacity.gpus,
         labels=MappingProxyType(dict(hb.labels)),
     )
+
+
+# ====================================================================== wire -> core events
+def core_event_from_wire(event: WireEvent, *, now_s: float) -> core.Event | None:
+    """The core stimulus for a wire event, or ``None`` when the event is not one.
+
+    ``stimulus_id`` is the wire ``event_id``. Mappings:
+
+    - ``task.submitted`` -> :class:`~.events.TaskSubmitted` (via :func:`task_spec_from_event`)
+    - ``node.heartbeat`` -> :class:`~.events.NodeUp` (capacity and labels; ``usage`` and
+      ``running`` are not core inputs)
+    - ``task.started`` / ``task.progress`` / ``task.completed`` / ``task.failed`` /
+      ``task.preempted`` -> the core event of the same name, fields preserved
+    - ``task.lost`` -> :class:`~.events.TaskFailed` with ``retryable=True`` and reason
+      ``"lost: <wire reason>"``: it reports one attempt vanishing, not the node (node loss
+      is the heartbeat monitor's :class:`~.events.NodeLost`). The retry counts against the
+      task's ``max_retries``, like any retryable failure.
+    - ``command.cancel_task`` -> :class:`~.events.CancelTask` (the wire reason; whether
+      ``requested_by`` owns the task is checked by the caller, the core does not know)
+    - ``task.cancelled`` -> ``None``: the executor confirms a stop the core itself asked for
+      (the task is already ``cancelled`` in the core and its resources released)
+    - ``data.ingested``, ``command.update_policy``, ``task.assigned``, ``decision.audit``,
+      ``task.rejected`` -> ``None``: not core stimuli (the stream processor, the policy
+      switch and the audit log handle them).
+
+    ``now_s`` is the core time the event will be applied at. No current mapping depends on
+    it (deadlines are absolute epoch seconds); it is part of the signature so that call
+    sites stay unchanged if a mapping ever needs it.
+    """
+    del now_s  # documented above: not needed by any current mapping
+    sid = event.event_id
+    match event:
+        case TaskSubmitted():
+            return core.TaskSubmitted(sid, task_spec_from_event(event))
+        case NodeHeartbeat():
+            return core.NodeUp(sid, node_spec_from_heartbeat(event))
+        case wire.TaskStarted():
+            return core.TaskStarted(sid, event.task_id, event.attempt, event.node_id)
+        case wire.TaskProgress():
+            return core.TaskProgress(sid, event.task_id, event.attempt, event.progress)
+        case wire.TaskCompleted():
+            return core.TaskCompleted(sid, event.task_id, event.attempt, event.runtime_s)
+        case wire.TaskFailed():
+            return core.TaskFailed(
+                sid,
+                event.task_id,
+                event.attempt,
+                event.reason,
+                exit_code=event.exit_code,
+                retryable=event.retryable,
+            )
+        case wire.TaskPreempted():
+            return core.TaskPreempted(sid, event.task_id, event.attempt, event.progress)
+        case wire.TaskLost():
+            reason = LOST_REASON_PREFIX + event.reason
+            return core.TaskFailed(sid, event.task_id, event.attempt, reason, retryable=True)
+        case wire_commands.CancelTask():
+            return core.CancelTask(sid, event.task_id, event.reason)
+        case _:
+            return None
+
+
+# ====================================================================== core -> wire
+def derived_event_id(base: str, suffix: str) -> str:
+    """A deterministic event id ``<base>.<suffix>``; when that would exceed the wire's
+    identifier length, ``<sha256 of base>.<suffix>`` instead."""
+    candidate = f"{base}.{suffix}"
+    if len(candidate) <= MAX_ID_CHARS and not any(ch.isspace() for ch in candidate):
+        return candidate
+    return f"{hashlib.sha256(base.encode('utf-8')).hexdigest()}.{suffix}"
+
+
+def _text(value: str, fallback: str) -> str:
+    """``value`` fitted to the wire's free-text field (1..4096 characters)."""
+    if not value:
+        return fallback
+    if len(value) <= MAX_TEXT_CHARS:
+        return value
+    return value[: MAX_TEXT_CHARS - 1] + "\u2026"
+
+
+def _seconds(value: float) -> float:
+    """A core duration as a wire duration: a float >= 0 (tiny negative round-off is 0)."""
+    return max(0.0, float(value))
+
+
+def wire_score(score: float) -> float | None:
+    """A candidate score for the wire: ``None`` for ``-inf``/``nan`` (infeasible; JSON has
+    no infinities), else the score. ``+inf`` is clamped to the largest finite float."""
+    if math.isnan(score) or score == -math.inf:
+        return None
+    if score == math.inf:
+        return 1.7976931348623157e308
+    return float(score)
+
+
+def decision_candidate_to_wire(candidate: Candidate) -> DecisionCandidate | None:
+    """The wire form of a candidate, or ``None`` if its predicted runtime or wait is not
+    finite (an infeasible option the wire model cannot express; it is left out of the
+    audit)."""
+    if not (
+        math.isfinite(candidate.predicted_runtime_s) and math.isfinite(candidate.expected_wait_s)
+    ):
+        return None
+    return DecisionCandidate(
+        node_id=candidate.node_id,
+        hardware=candidate.hardware,
+        score=wire_score(candidate.score),
+        predicted_runtime_s=_seconds(candidate.predicted_runtime_s),
+        expected_wait_s=_seconds(candidate.expected_wait_s),
+    )
+
+
+def decision_audit_to_wire(
+    decision: Decision, *, occurred_at: datetime, source: str
+) -> DecisionAudit:
+    """The ``decision.audit`` record of a placement decision (event id
+    ``<decision_id>.audit``)."""
+    candidates = tuple(
+        wire_c
+        for wire_c in map(decision_candidate_to_wire, decision.candidates)
+        if wire_c is not None
+    )
+    return DecisionAudit(
+        event_id=derived_event_id(decision.decision_id, "audit"),
+        occurred_at=occurred_at,
+        source=source,
+        decision_id=decision.decision_id,
+        stimulus_id=decision.stimulus_id,
+        task_id=decision.task_id,
+        attempt=decision.attempt,
+        policy=decision.policy,
+        policy_version=decision.policy_version,
+        model_version=decision.model_version,
+        decided_at_s=float(decision.decided_at_s),
+        chosen_node_id=decision.chosen_node_id,
+        chosen_hardware=decision.chosen_hardware,
+        predicted_runtime_s=_seconds(decision.predicted_runtime_s),
+        reason=_text(decision.reason, "no reason recorded"),
+        candidates=candidates,
+    )
+
+
+def assignment_to_wire(
+    ins: Assign, submission: TaskSubmitted, *, occurred_at: datetime, source: str
+) -> Assignment:
+    """The ``task.assigned`` record the executor runs (event id
+    ``<decision_id>.assignment``). ``submission`` supplies what the core does not carry:
+    command, env, tenant and task type."""
+    if submission.task_id != ins.task_id:
+        raise ValueError(
+            f"submission is for task {submission.task_id!r}, the assignment for {ins.task_id!r}"
+        )
+    return Assignment(
+        event_id=derived_event_id(ins.decision.decision_id, "assignment"),
+        occurred_at=occurred_at,
+        source=source,
+        decision_id=ins.decision.decision_id,
+        task_id=ins.task_id,
+        attempt=ins.attempt,
+        node_id=ins.node_id,
+        hardware=ins.hardware,
+        gpu_indices=tuple(ins.gpu_indices),
+        gpu_milli=ins.gpu_milli if ins.gpu_indices else 0,
+        predicted_runtime_s=_seconds(ins.predicted_runtime_s),
+        resume_progress=min(1.0, _seconds(ins.resume_progress)),
+        command=submission.command,
+        env=dict(submission.env),
+        tenant=submission.tenant,
+        task_type=submission.task_type,
+    )
+
+
+def rejection_to_wire(
+    ins: Reject, submission: TaskSubmitted | None, *, occurred_at: datetime, source: str
+) -> TaskRejected:
+    """The ``task.rejected`` answer to a refused submission (event id
+    ``<stimulus_id>.rejected``); ``idempotency_key`` comes from ``submission`` if known."""
+    return TaskRejected(
+        event_id=derived_event_id(ins.stimulus_id, "rejected"),
+        occurred_at=occurred_at,
+        source=source,
+        task_id=ins.task_id[:MAX_ID_CHARS],
+        idempotency_key=submission.idempotency_key if submission is not None else None,
+        reason=_text(ins.reason, "rejected by the scheduler"),
+    )
+
+
+def wire_from_instruction(
+    ins: Instruction,
+    *,
+    submissions: Mapping[str, TaskSubmitted],
+    occurred_at: datetime,
+    source: str,
+) -> tuple[Assignment, DecisionAudit] | TaskRejected | None:
+    """The wire record(s) for a core instruction.
+
+    - :class:`~.instructions.Assign` -> ``(Assignment, DecisionAudit)``; the submission of
+      the task must be in ``submissions`` (by task id), else ``KeyError``.
+    - :class:`~.instructions.Reject` -> :class:`TaskRejected`, with the idempotency key of
+      ``submissions[task_id]`` only if that is the refused submission (its ``event_id`` is
+      the instruction's ``stimulus_id``); otherwise without a key (call
+      :func:`rejection_to_wire` with the refused submission to echo its key).
+    - :class:`~.instructions.Preempt`, :class:`~.instructions.StopAttempt` -> ``None``: the
+      wire has no command an executor consumes to stop an attempt (yet).
+    - anything else (``TaskTransition``, ``DeadlineInfeasible``, ``StaleEvent``,
+      ``Learned``) -> ``None``: status, metrics and log material, not wire events.
+
+    ``occurred_at`` (aware) and ``source`` go into the envelopes.
+    """
+    if isinstance(ins, Assign):
+        submission = submissions.get(ins.task_id)
+        if submission is None:
+            raise KeyError(f"no submission known for assigned task {ins.task_id!r}")
+        return (
+            assignment_to_wire(ins, submission, occurred_at=occurred_at, source=source),
+            decision_audit_to_wire(ins.decision, occurred_at=occurred_at, source=source),
+        )
+    if isinstance(ins, Reject):
+        known = submissions.get(ins.task_id)
+        # Only the refused submission itself may lend its key: a submission that reuses an
+        # accepted task id must not be answered with the accepted one's key.
+        rejected = known if known is not None and known.event_id == ins.stimulus_id else None
+        return rejection_to_wire(ins, rejected, occurred_at=occurred_at, source=source)
+    return None

@@ -1,19 +1,52 @@
-"""Wire models -> core value types."""
+"""Wire models <-> core value types, events and instructions."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+import sys
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
+import streamsched.schemas as wire_schemas
+from streamsched.scheduler import events as core_events
 from streamsched.scheduler.convert import (
     PRIORITY_TO_CORE,
+    assignment_to_wire,
+    core_event_from_wire,
+    core_time_from_datetime,
+    datetime_from_core_time,
+    deadline_s_from_wire,
+    deadline_to_wire,
+    decision_audit_to_wire,
+    decision_candidate_to_wire,
+    derived_event_id,
     node_spec_from_heartbeat,
+    rejection_to_wire,
     task_spec_from_event,
+    wire_from_instruction,
+    wire_score,
 )
-from streamsched.scheduler.model import NodeSpec, PriorityClass, TaskSpec
-from streamsched.schemas import NodeHeartbeat, Priority, TaskSubmitted
+from streamsched.scheduler.core import SchedulerCore
+from streamsched.scheduler.forecasting import RunningMeanForecaster
+from streamsched.scheduler.instructions import (
+    Assign,
+    Candidate,
+    DeadlineInfeasible,
+    Decision,
+    Instruction,
+    Learned,
+    Preempt,
+    Reject,
+    StaleEvent,
+    StopAttempt,
+    TaskTransition,
+)
+from streamsched.scheduler.model import NodeSpec, PriorityClass, TaskSpec, TaskState
+from streamsched.scheduler.policies import get_policy
+from streamsched.schemas import NodeHeartbeat, Priority, TaskRejected, TaskSubmitted
+from streamsched.schemas.codec import decode, encode
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 
@@ -155,3 +188,369 @@ def test_node_spec_from_heartbeat() -> None:
     )
     with pytest.raises(TypeError):
         node.labels["rack"] = "r13"  # type: ignore[index]
+
+
+# ====================================================================== wire -> core events
+WIRE = {"occurred_at": T0, "source": "executor/node-7"}
+ATTEMPT = {**WIRE, "task_id": "t-1", "attempt": 3, "node_id": "node-7"}
+
+# (wire event, the core event it maps to)
+LIFECYCLE: list[tuple[wire_schemas.Event, core_events.Event]] = [
+    (
+        wire_schemas.TaskStarted(**ATTEMPT, event_id="w-started"),
+        core_events.TaskStarted("w-started", "t-1", 3, "node-7"),
+    ),
+    (
+        wire_schemas.TaskProgress(**ATTEMPT, event_id="w-progress", progress=0.25),
+        core_events.TaskProgress("w-progress", "t-1", 3, 0.25),
+    ),
+    (
+        wire_schemas.TaskCompleted(**ATTEMPT, event_id="w-completed", runtime_s=812.5),
+        core_events.TaskCompleted("w-completed", "t-1", 3, 812.5),
+    ),
+    (
+        wire_schemas.TaskFailed(
+            **ATTEMPT, event_id="w-failed", reason="bad argv", exit_code=2, retryable=False
+        ),
+        core_events.TaskFailed("w-failed", "t-1", 3, "bad argv", exit_code=2, retryable=False),
+    ),
+    (
+        wire_schemas.TaskFailed(**ATTEMPT, event_id="w-failed-oom", reason="OOM killed"),
+        core_events.TaskFailed("w-failed-oom", "t-1", 3, "OOM killed", None, True),
+    ),
+    (
+        wire_schemas.TaskPreempted(**ATTEMPT, event_id="w-preempted", progress=0.6),
+        core_events.TaskPreempted("w-preempted", "t-1", 3, 0.6),
+    ),
+    (
+        wire_schemas.TaskLost(**ATTEMPT, event_id="w-lost", reason="process vanished"),
+        core_events.TaskFailed("w-lost", "t-1", 3, "lost: process vanished", retryable=True),
+    ),
+    (
+        wire_schemas.CancelTask(
+            **WIRE, event_id="w-cancel", task_id="t-1", reason="not needed", requested_by="vision"
+        ),
+        core_events.CancelTask("w-cancel", "t-1", "not needed"),
+    ),
+]
+
+
+def heartbeat(**fields: Any) -> NodeHeartbeat:
+    base: dict[str, Any] = {
+        **WIRE,
+        "event_id": "w-hb",
+        "node_id": "node-7",
+        "hardware": "gpu-v100",
+        "capacity": {"cpu_milli": 64000, "memory_mib": 262144, "gpus": 8},
+        "usage": {"cpu_milli": 0, "memory_mib": 0, "gpus": 0},
+        "labels": {"data_region": "eu"},
+        "sequence": 0,
+    }
+    return NodeHeartbeat(**{**base, **fields})
+
+
+@pytest.mark.parametrize(("event", "expected"), LIFECYCLE, ids=lambda x: getattr(x, "type", ""))
+def test_lifecycle_event_maps_to_core(
+    event: wire_schemas.Event, expected: core_events.Event
+) -> None:
+    got = core_event_from_wire(event, now_s=1e9)
+    assert got == expected
+    assert got is not None
+    assert got.stimulus_id == event.event_id
+
+
+def test_submission_maps_to_core_submission() -> None:
+    ev = submitted(resources={"gpus": 2}, deadline=datetime(2025, 3, 4, tzinfo=UTC))
+    got = core_event_from_wire(ev, now_s=T0.timestamp())
+    assert got == core_events.TaskSubmitted("e-1", task_spec_from_event(ev))
+
+
+def test_heartbeat_maps_to_node_up_with_capacity() -> None:
+    got = core_event_from_wire(heartbeat(), now_s=1e9)
+    assert isinstance(got, core_events.NodeUp)
+    assert got.stimulus_id == "w-hb"
+    assert got.node == NodeSpec(
+        node_id="node-7",
+        hardware="gpu-v100",
+        cpu_milli=64000,
+        memory_mib=262144,
+        gpus=8,
+        labels={"data_region": "eu"},
+    )
+
+
+NON_STIMULI: list[wire_schemas.Event] = [
+    wire_schemas.TaskCancelled(**ATTEMPT, reason="cancelled by user"),
+    wire_schemas.DataIngested(
+        **WIRE, dataset="imagenet", rows=10, bytes=1000, location="s3://bucket/key"
+    ),
+    wire_schemas.PolicyUpdate(**WIRE, policy="forecast"),
+    wire_schemas.Assignment(
+        **WIRE,
+        decision_id="d-1",
+        task_id="t-1",
+        attempt=1,
+        node_id="node-7",
+        hardware="cpu",
+        predicted_runtime_s=1.0,
+        tenant="vision",
+        task_type="etl",
+    ),
+    wire_schemas.DecisionAudit(
+        **WIRE,
+        decision_id="d-1",
+        stimulus_id="e-1",
+        task_id="t-1",
+        attempt=1,
+        policy="forecast",
+        policy_version="forecast/1",
+        model_version="m@0",
+        decided_at_s=0.0,
+        chosen_node_id="node-7",
+        chosen_hardware="cpu",
+        predicted_runtime_s=1.0,
+        reason="only node",
+    ),
+    wire_schemas.TaskRejected(**WIRE, reason="invalid"),
+]
+
+
+@pytest.mark.parametrize("event", NON_STIMULI, ids=lambda e: e.type)
+def test_non_stimuli_map_to_none(event: wire_schemas.Event) -> None:
+    assert core_event_from_wire(event, now_s=1e9) is None
+
+
+def test_every_wire_event_type_has_a_mapping_test() -> None:
+    covered = {ev.type for ev, _ in LIFECYCLE} | {ev.type for ev in NON_STIMULI}
+    covered |= {"task.submitted", "node.heartbeat"}
+    assert covered == set(wire_schemas.EVENT_TYPES)
+
+
+# ====================================================================== time
+def test_deadline_round_trip_is_epoch_seconds() -> None:
+    deadline = datetime(2025, 3, 3, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    seconds = deadline_s_from_wire(deadline)
+    assert seconds == datetime(2025, 3, 3, 12, 0, tzinfo=UTC).timestamp()
+    assert deadline_to_wire(seconds) == deadline
+    assert deadline_to_wire(seconds).tzinfo is UTC  # type: ignore[union-attr]
+    assert deadline_s_from_wire(None) is None
+    assert deadline_to_wire(None) is None
+    assert datetime_from_core_time(core_time_from_datetime(T0)) == T0
+
+
+@pytest.mark.parametrize(
+    ("call", "arg"),
+    [
+        (core_time_from_datetime, datetime(2025, 3, 3, 12, 0)),  # naive
+        (datetime_from_core_time, math.inf),
+        (datetime_from_core_time, math.nan),
+    ],
+)
+def test_time_conversion_refuses_ambiguous_input(call: Any, arg: Any) -> None:
+    with pytest.raises(ValueError, match=r"naive|finite"):
+        call(arg)
+
+
+# ====================================================================== core -> wire
+def placement_core() -> SchedulerCore:
+    return SchedulerCore(get_policy("forecast"), RunningMeanForecaster())
+
+
+def gpu_submission(**fields: Any) -> TaskSubmitted:
+    return submitted(
+        event_id="e-submit",
+        resources={"gpus": 2, "cpu_milli": 4000, "memory_mib": 16384},
+        command=["python", "train.py", "--epochs", "3"],
+        env={"WANDB_MODE": "offline"},
+        deadline=datetime(2025, 3, 4, tzinfo=UTC),
+        **fields,
+    )
+
+
+def run(core: SchedulerCore, *wire_events: wire_schemas.Event, now_s: float) -> list[Instruction]:
+    stimuli = [core_event_from_wire(ev, now_s=now_s) for ev in wire_events]
+    return core.handle(*(s for s in stimuli if s is not None), now=now_s)
+
+
+def test_core_assignment_is_valid_on_the_wire() -> None:
+    core = placement_core()
+    sub = gpu_submission()
+    now_s = T0.timestamp()
+    out = run(core, heartbeat(), sub, now_s=now_s)
+    (assign,) = [ins for ins in out if isinstance(ins, Assign)]
+
+    wire_out = wire_from_instruction(
+        assign, submissions={sub.task_id: sub}, occurred_at=T0, source="placement/0"
+    )
+    assert isinstance(wire_out, tuple)
+    assignment, audit = wire_out
+    for record in (assignment, audit):
+        assert decode(encode(record), now=T0) == record
+
+    assert assignment.event_id == f"{assign.decision.decision_id}.assignment"
+    assert audit.event_id == f"{assign.decision.decision_id}.audit"
+    assert assignment.decision_id == audit.decision_id == assign.decision.decision_id
+    assert (assignment.task_id, assignment.attempt, assignment.node_id) == ("t-1", 1, "node-7")
+    assert assignment.hardware == audit.chosen_hardware == "gpu-v100"
+    assert len(assignment.gpu_indices) == 2
+    assert assignment.gpu_milli == 1000
+    assert assignment.command == ("python", "train.py", "--epochs", "3")
+    assert assignment.env == {"WANDB_MODE": "offline"}
+    assert (assignment.tenant, assignment.task_type) == ("vision", "train-resnet50")
+    assert assignment.predicted_runtime_s == assign.predicted_runtime_s
+    assert audit.stimulus_id == "e-submit"  # the trace id follows the decision
+    assert audit.policy == "forecast"
+    assert audit.policy_version == assign.decision.policy_version
+    assert audit.model_version == core.forecaster.version
+    assert audit.decided_at_s == now_s
+    assert audit.reason == assign.decision.reason
+    assert audit.candidates
+    assert [(c.node_id, c.hardware) for c in audit.candidates] == [
+        (c.node_id, c.hardware) for c in assign.decision.candidates
+    ]
+    # Deterministic: converting again yields the same records (same event ids: dedupable).
+    again = wire_from_instruction(
+        assign, submissions={sub.task_id: sub}, occurred_at=T0, source="placement/0"
+    )
+    assert again == wire_out
+
+
+def test_assignment_needs_the_matching_submission() -> None:
+    core = placement_core()
+    sub = gpu_submission()
+    out = run(core, heartbeat(), sub, now_s=T0.timestamp())
+    (assign,) = [ins for ins in out if isinstance(ins, Assign)]
+    with pytest.raises(KeyError, match="t-1"):
+        wire_from_instruction(assign, submissions={}, occurred_at=T0, source="placement/0")
+    other = submitted(task_id="t-2")
+    with pytest.raises(ValueError, match="t-2"):
+        assignment_to_wire(assign, other, occurred_at=T0, source="placement/0")
+
+
+def test_core_rejection_is_valid_on_the_wire() -> None:
+    core = placement_core()
+    sub = submitted(event_id="e-orphan", idempotency_key="k-orphan", depends_on=["ghost"])
+    out = run(core, heartbeat(), sub, now_s=T0.timestamp())
+    (reject,) = [ins for ins in out if isinstance(ins, Reject)]
+
+    rejected = wire_from_instruction(
+        reject, submissions={sub.task_id: sub}, occurred_at=T0, source="placement/0"
+    )
+    assert isinstance(rejected, TaskRejected)
+    assert decode(encode(rejected), now=T0) == rejected
+    assert rejected.event_id == "e-orphan.rejected"
+    assert (rejected.task_id, rejected.idempotency_key) == ("t-1", "k-orphan")
+    assert "ghost" in rejected.reason
+
+
+# (submissions known to the agent, idempotency key echoed)
+REJECT_KEYS: list[tuple[dict[str, TaskSubmitted], str | None]] = [
+    ({}, None),
+    ({"t-1": submitted(event_id="e-refused", idempotency_key="k-refused")}, "k-refused"),
+    # The accepted submission of the same task id is not the refused one: no key.
+    ({"t-1": submitted(event_id="e-accepted", idempotency_key="k-accepted")}, None),
+]
+
+
+@pytest.mark.parametrize(("known", "key"), REJECT_KEYS)
+def test_rejection_echoes_only_the_refused_submissions_key(
+    known: dict[str, TaskSubmitted], key: str | None
+) -> None:
+    ins = Reject("e-refused", "t-1", "task id reused with another idempotency key")
+    rejected = wire_from_instruction(ins, submissions=known, occurred_at=T0, source="p")
+    assert isinstance(rejected, TaskRejected)
+    assert rejected.idempotency_key == key
+    assert decode(encode(rejected), now=T0) == rejected
+
+
+def test_long_reasons_and_ids_still_fit_the_wire() -> None:
+    ins = Reject("e" * 256, "t-1", "x" * 10_000)
+    rejected = rejection_to_wire(ins, None, occurred_at=T0, source="p")
+    assert decode(encode(rejected), now=T0) == rejected
+    assert len(rejected.event_id) <= 256
+    assert rejected.event_id == derived_event_id("e" * 256, "rejected")
+    assert derived_event_id("d-1", "audit") == "d-1.audit"
+
+
+# (core score, wire score)
+SCORES: list[tuple[float, float | None]] = [
+    (-math.inf, None),
+    (math.nan, None),
+    (-12.5, -12.5),
+    (0.0, 0.0),
+    (math.inf, sys.float_info.max),
+]
+
+
+@pytest.mark.parametrize(("score", "expected"), SCORES)
+def test_candidate_score(score: float, expected: float | None) -> None:
+    assert wire_score(score) == expected
+    wire_c = decision_candidate_to_wire(Candidate("n-1", "cpu", score, 10.0, 0.0))
+    assert wire_c is not None
+    assert wire_c.score == expected
+
+
+# (predicted runtime, expected wait) that the wire cannot carry, or carries clamped
+def test_candidate_durations() -> None:
+    assert decision_candidate_to_wire(Candidate("n-1", "cpu", -math.inf, math.inf, 0.0)) is None
+    assert decision_candidate_to_wire(Candidate("n-1", "cpu", 1.0, 5.0, math.inf)) is None
+    clamped = decision_candidate_to_wire(Candidate("n-1", "cpu", 1.0, 5.0, -1e-12))
+    assert clamped is not None
+    assert clamped.expected_wait_s == 0.0
+
+
+def test_audit_keeps_infeasible_candidates_with_null_score() -> None:
+    decision = Decision(
+        decision_id="d-00000007",
+        stimulus_id="e-1",
+        task_id="t-1",
+        attempt=2,
+        policy="forecast",
+        policy_version="forecast/1",
+        model_version="running-mean@3",
+        decided_at_s=1_741_000_000.0,
+        chosen_node_id="n-1",
+        chosen_hardware="gpu-v100",
+        predicted_runtime_s=100.0,
+        reason="fastest",
+        candidates=(
+            Candidate("n-1", "gpu-v100", -100.0, 100.0, 0.0),
+            Candidate("n-2", "gpu-p100", -math.inf, 180.0, 30.0),
+            Candidate("n-3", "cpu", -math.inf, math.inf, 0.0),  # not expressible: left out
+        ),
+    )
+    audit = decision_audit_to_wire(decision, occurred_at=T0, source="placement/0")
+    assert decode(encode(audit), now=T0) == audit
+    assert [(c.node_id, c.score, c.expected_wait_s) for c in audit.candidates] == [
+        ("n-1", -100.0, 0.0),
+        ("n-2", None, 30.0),
+    ]
+
+
+OTHER_INSTRUCTIONS: list[Instruction] = [
+    Preempt("s", "t-1", 1, "n-1", "room for t-2", "t-2", "d-1"),
+    StopAttempt("s", "t-1", 1, "n-1", "cancelled"),
+    TaskTransition("s", "t-1", 1, TaskState.QUEUED, TaskState.ASSIGNED, "placed"),
+    DeadlineInfeasible("s", "t-1", 100.0, 200.0),
+    StaleEvent("s", "t-1", 1, 2, "completed"),
+    Learned("s", "t-1", "cpu", 10.0, 12.0),
+]
+
+
+@pytest.mark.parametrize("ins", OTHER_INSTRUCTIONS, ids=lambda i: type(i).__name__)
+def test_other_instructions_have_no_wire_form(ins: Instruction) -> None:
+    assert wire_from_instruction(ins, submissions={}, occurred_at=T0, source="p") is None
+
+
+def test_lost_attempt_is_retried_by_the_core() -> None:
+    core = placement_core()
+    sub = gpu_submission()
+    now_s = T0.timestamp()
+    (assign,) = [i for i in run(core, heartbeat(), sub, now_s=now_s) if isinstance(i, Assign)]
+    lost = wire_schemas.TaskLost(
+        **WIRE, task_id="t-1", attempt=assign.attempt, node_id="node-7", reason="oom-killer"
+    )
+    out = run(core, lost, now_s=now_s + 5)
+    (retry,) = [i for i in out if isinstance(i, Assign)]
+    assert retry.attempt == assign.attempt + 1
+    assert retry.stimulus_id == lost.event_id
