@@ -1,0 +1,412 @@
+"""AttemptRunner: real subprocesses and replay attempts, reported through a callback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from streamsched.agents.runner import AttemptRunner, LifecycleEvent
+from streamsched.schemas.decisions import Assignment
+from streamsched.schemas.lifecycle import (
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskPreempted,
+    TaskStarted,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+NODE = "node-7"
+TERMINAL = (TaskCompleted, TaskFailed, TaskPreempted, TaskCancelled)
+WAIT_S = 5.0
+
+# A child that prints a ready line, then ignores SIGTERM and sleeps.
+STUBBORN = (
+    "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+# A child that prints a ready line, then sleeps; SIGTERM ends it (default action).
+SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
+
+
+class Reports:
+    """Thread-safe collector of reported events, with waiting on a condition."""
+
+    def __init__(self) -> None:
+        self.events: list[LifecycleEvent] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: LifecycleEvent) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[LifecycleEvent]], bool]) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self.events), WAIT_S), self.events
+
+    def terminal(self, task_id: str = "t1", attempt: int = 1) -> LifecycleEvent:
+        """Wait for and return the (single) terminal event of an attempt."""
+
+        def ends(events: list[LifecycleEvent]) -> list[LifecycleEvent]:
+            return [
+                e
+                for e in events
+                if isinstance(e, TERMINAL) and (e.task_id, e.attempt) == (task_id, attempt)
+            ]
+
+        self.wait_for(lambda events: bool(ends(events)))
+        with self._cond:
+            (event,) = ends(self.events)
+        return event
+
+    def of(self, task_id: str = "t1") -> list[LifecycleEvent]:
+        with self._cond:
+            return [e for e in self.events if e.task_id == task_id]
+
+
+def assignment(
+    command: Sequence[str] = (),
+    *,
+    task_id: str = "t1",
+    attempt: int = 1,
+    gpu_indices: tuple[int, ...] = (),
+    env: dict[str, str] | None = None,
+    resume_progress: float = 0.0,
+) -> Assignment:
+    return Assignment(
+        occurred_at=NOW,
+        source="placement",
+        decision_id=f"d-{task_id}-{attempt}",
+        task_id=task_id,
+        attempt=attempt,
+        node_id=NODE,
+        hardware="gpu-v100" if gpu_indices else "cpu",
+        gpu_indices=gpu_indices,
+        gpu_milli=1000 if gpu_indices else 0,
+        predicted_runtime_s=1.0,
+        resume_progress=resume_progress,
+        command=tuple(command),
+        env=env or {},
+        tenant="acme",
+        task_type="train",
+    )
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def wait_for_log(path: Path, pattern: str) -> re.Match[str]:
+    """Wait (short polls) until the log file matches the regex ``pattern``."""
+    deadline = time.monotonic() + WAIT_S
+    log = ""
+    while time.monotonic() < deadline:
+        if path.exists() and (match := re.search(pattern, log := path.read_text())):
+            return match
+        time.sleep(0.01)
+    raise AssertionError(f"{pattern!r} never appeared in {path}: {log!r}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def reports() -> Reports:
+    return Reports()
+
+
+@pytest.fixture
+def make_runner(tmp_path: Path, reports: Reports) -> Iterator[Callable[..., AttemptRunner]]:
+    runners: list[AttemptRunner] = []
+
+    def make(grace_s: float = 2.0) -> AttemptRunner:
+        runner = AttemptRunner(tmp_path / "logs", NODE, reports, clock=lambda: NOW, grace_s=grace_s)
+        runners.append(runner)
+        return runner
+
+    yield make
+    for runner in runners:
+        runner.stop_all()
+
+
+@pytest.fixture
+def runner(make_runner: Callable[..., AttemptRunner]) -> AttemptRunner:
+    return make_runner()
+
+
+def test_success_reports_started_then_completed(runner: AttemptRunner, reports: Reports) -> None:
+    runner.start(assignment(py("import time; time.sleep(0.05)")))
+    done = reports.terminal()
+    started, completed = reports.of("t1")
+    assert isinstance(started, TaskStarted)
+    assert isinstance(completed, TaskCompleted)
+    assert completed is done
+    assert completed.exit_code == 0
+    assert completed.runtime_s >= 0.05
+    for event in (started, completed):
+        assert (event.task_id, event.attempt, event.node_id) == ("t1", 1, NODE)
+        assert event.source == f"executor:{NODE}"
+        assert event.occurred_at == NOW
+    assert runner.running() == []
+
+
+def test_nonzero_exit_fails_retryable_with_code(runner: AttemptRunner, reports: Reports) -> None:
+    runner.start(assignment(py("import sys; sys.exit(3)")))
+    failed = reports.terminal()
+    assert isinstance(failed, TaskFailed)
+    assert failed.exit_code == 3
+    assert failed.retryable is True
+    assert failed.reason == "exit code 3"
+
+
+def test_missing_executable_fails_not_retryable(
+    runner: AttemptRunner, reports: Reports, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "no-such-program")
+    runner.start(assignment([missing, "--flag"]))
+    # Reported before start() returns, without a TaskStarted.
+    (failed,) = reports.of("t1")
+    assert isinstance(failed, TaskFailed)
+    assert failed.retryable is False
+    assert failed.exit_code is None
+    assert missing in failed.reason
+    assert "Traceback" not in failed.reason
+    assert runner.running() == []
+    assert missing in runner.log_path("t1", 1).read_text()
+
+
+def test_non_executable_file_fails_not_retryable(
+    runner: AttemptRunner, reports: Reports, tmp_path: Path
+) -> None:
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    runner.start(assignment([str(script)]))
+    (failed,) = reports.of("t1")
+    assert isinstance(failed, TaskFailed)
+    assert failed.retryable is False
+    assert str(script) in failed.reason
+
+
+def test_environment_of_the_attempt(runner: AttemptRunner, reports: Reports) -> None:
+    names = [
+        "CUDA_VISIBLE_DEVICES",
+        "STREAMSCHED_TASK_ID",
+        "STREAMSCHED_ATTEMPT",
+        "STREAMSCHED_NODE_ID",
+        "STREAMSCHED_RESUME_PROGRESS",
+        "MY_SETTING",
+        "PATH",
+    ]
+    code = f"import json, os; print(json.dumps({{n: os.environ.get(n) for n in {names!r}}}))"
+    job = assignment(
+        py(code),
+        attempt=2,
+        gpu_indices=(0, 2),
+        env={"MY_SETTING": "fast", "CUDA_VISIBLE_DEVICES": "5"},
+        resume_progress=0.25,
+    )
+    runner.start(job)
+    assert isinstance(reports.terminal(attempt=2), TaskCompleted)
+    seen = json.loads(runner.log_path("t1", 2).read_text())
+    assert seen == {
+        "CUDA_VISIBLE_DEVICES": "0,2",  # the runner's GPU binding wins over the task's env
+        "STREAMSCHED_TASK_ID": "t1",
+        "STREAMSCHED_ATTEMPT": "2",
+        "STREAMSCHED_NODE_ID": NODE,
+        "STREAMSCHED_RESUME_PROGRESS": "0.25",
+        "MY_SETTING": "fast",
+        "PATH": os.environ.get("PATH"),
+    }
+
+
+def test_no_gpus_means_empty_cuda_visible_devices(runner: AttemptRunner, reports: Reports) -> None:
+    code = "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))"
+    runner.start(assignment(py(code)))
+    reports.terminal()
+    assert runner.log_path("t1", 1).read_text().strip() == "''"
+
+
+def test_one_log_file_per_attempt_with_stdout_and_stderr(
+    runner: AttemptRunner, reports: Reports
+) -> None:
+    code = "import sys; print('to-stdout', flush=True); print('to-stderr', file=sys.stderr)"
+    runner.start(assignment(py(code), attempt=1))
+    runner.start(assignment(py(code), attempt=2))
+    reports.terminal(attempt=1)
+    reports.terminal(attempt=2)
+    for attempt in (1, 2):
+        log = runner.log_path("t1", attempt)
+        assert log.name == f"t1.{attempt}.log"
+        assert "to-stdout" in log.read_text()
+        assert "to-stderr" in log.read_text()
+
+
+def test_preempt_kills_a_child_that_ignores_sigterm(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(grace_s=0.5)
+    runner.start(assignment(py(STUBBORN), resume_progress=0.4))
+    wait_for_log(runner.log_path("t1", 1), "ready")
+    begun = time.monotonic()
+    assert runner.preempt("t1", 1) is True
+    preempted = reports.terminal()
+    assert time.monotonic() - begun >= 0.5  # it outlived SIGTERM until the SIGKILL
+    assert isinstance(preempted, TaskPreempted)
+    assert preempted.progress == 0.4
+    runner.stop_all()  # joins the attempt's thread: nothing more can be reported
+    assert [type(e) for e in reports.of("t1")] == [TaskStarted, TaskPreempted]
+    assert runner.preempt("t1", 1) is False
+
+
+def test_preempt_a_child_that_exits_on_sigterm(runner: AttemptRunner, reports: Reports) -> None:
+    runner.start(assignment(py(SLEEPER)))
+    wait_for_log(runner.log_path("t1", 1), "ready")
+    begun = time.monotonic()
+    assert runner.preempt("t1", 1) is True
+    assert isinstance(reports.terminal(), TaskPreempted)
+    assert time.monotonic() - begun < runner.grace_s
+    runner.stop_all()
+    assert [type(e) for e in reports.of("t1")] == [TaskStarted, TaskPreempted]
+
+
+def test_first_stop_reason_wins(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(grace_s=1.0)
+    runner.start(assignment(py(STUBBORN)))  # outlives SIGTERM until the SIGKILL
+    wait_for_log(runner.log_path("t1", 1), "ready")
+    assert runner.preempt("t1", 1) is True
+    assert runner.cancel("t1", 1) is True  # already stopping: no second report
+    assert runner.preempt("t1", 1) is True
+    assert isinstance(reports.terminal(), TaskPreempted)
+    runner.stop_all()
+    assert [type(e) for e in reports.of("t1")] == [TaskStarted, TaskPreempted]
+
+
+def test_cancel_reports_cancelled(runner: AttemptRunner, reports: Reports) -> None:
+    runner.start(assignment(py(SLEEPER)))
+    wait_for_log(runner.log_path("t1", 1), "ready")
+    assert runner.cancel("t1", 1, reason="user asked") is True
+    cancelled = reports.terminal()
+    assert isinstance(cancelled, TaskCancelled)
+    assert cancelled.reason == "user asked"
+    runner.stop_all()
+    assert [type(e) for e in reports.of("t1")] == [TaskStarted, TaskCancelled]
+
+
+def test_stop_of_unknown_attempt_is_a_no_op(runner: AttemptRunner, reports: Reports) -> None:
+    assert runner.preempt("nope", 1) is False
+    assert runner.cancel("nope", 1) is False
+    assert reports.events == []
+
+
+def test_replay_mode_runs_scaled_wall_time(runner: AttemptRunner, reports: Reports) -> None:
+    begun = time.monotonic()
+    runner.start(assignment(py("raise SystemExit(1)")), replay_runtime_s=2.0, speedup=20.0)
+    completed = reports.terminal()
+    wall_s = time.monotonic() - begun
+    assert isinstance(completed, TaskCompleted)
+    assert 0.09 <= wall_s < 1.0
+    assert completed.runtime_s == pytest.approx(2.0, abs=0.5)  # in task time, not wall time
+    assert [type(e) for e in reports.of("t1")] == [TaskStarted, TaskCompleted]
+    assert not runner.log_path("t1", 1).exists()  # no process was run
+
+
+def test_empty_command_is_replayed(runner: AttemptRunner, reports: Reports) -> None:
+    runner.start(assignment(()), speedup=100.0)  # predicted_runtime_s=1.0 -> 0.01 s
+    assert isinstance(reports.terminal(), TaskCompleted)
+
+
+def test_replay_can_be_preempted(runner: AttemptRunner, reports: Reports) -> None:
+    runner.start(assignment(()), replay_runtime_s=60.0)
+    reports.wait_for(lambda events: len(events) == 1)
+    assert runner.running() == [("t1", 1)]
+    assert runner.preempt("t1", 1) is True
+    assert isinstance(reports.terminal(), TaskPreempted)
+    assert runner.running() == []
+
+
+def test_duplicate_start_is_ignored(runner: AttemptRunner, reports: Reports) -> None:
+    job = assignment(py("import time; time.sleep(0.2)"))
+    runner.start(job)
+    runner.start(job)  # redelivered while running
+    assert runner.running() == [("t1", 1)]
+    reports.terminal()
+    runner.start(job)  # redelivered after it finished
+    runner.stop_all()
+    assert [type(e) for e in reports.of("t1")] == [TaskStarted, TaskCompleted]
+
+
+def test_running_lists_attempts(runner: AttemptRunner, reports: Reports) -> None:
+    runner.start(assignment(py(SLEEPER), task_id="b"))
+    runner.start(assignment(py(SLEEPER), task_id="a", attempt=3))
+    assert runner.running() == [("a", 3), ("b", 1)]
+
+
+def test_stop_all_leaves_no_processes(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(grace_s=0.5)
+    # Each child starts a grandchild that ignores SIGTERM, then prints both pids.
+    code = (
+        "import os, subprocess, sys, time; "
+        f"g = subprocess.Popen([sys.executable, '-c', {STUBBORN!r}], stdout=subprocess.DEVNULL); "
+        "print('pids', os.getpid(), g.pid, 'end', flush=True); time.sleep(60)"
+    )
+    for task_id in ("x", "y"):
+        runner.start(assignment(py(code), task_id=task_id))
+    runner.start(assignment(()), replay_runtime_s=60.0)
+    children, grandchildren = [], []
+    for task_id in ("x", "y"):
+        match = wait_for_log(runner.log_path(task_id, 1), r"pids (\d+) (\d+) end")
+        children.append(int(match[1]))
+        grandchildren.append(int(match[2]))
+    assert all(pid_alive(pid) for pid in children + grandchildren)
+    runner.stop_all()
+    assert runner.running() == []
+    assert [pid for pid in children if pid_alive(pid)] == []  # killed and reaped
+    # Grandchildren got SIGKILL with their group; they die asynchronously and init reaps them.
+    deadline = time.monotonic() + WAIT_S
+    while any(pid_alive(pid) for pid in grandchildren) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [pid for pid in grandchildren if pid_alive(pid)] == []
+    ends = [e for e in reports.events if isinstance(e, TERMINAL)]
+    assert sorted(e.task_id for e in ends) == ["t1", "x", "y"]
+    assert all(isinstance(e, TaskCancelled) for e in ends)
+
+
+def test_failing_report_callback_does_not_break_the_runner(tmp_path: Path) -> None:
+    done = threading.Event()
+
+    def report(event: LifecycleEvent) -> None:
+        if isinstance(event, TaskStarted):
+            raise RuntimeError("sink down")
+        done.set()
+
+    runner = AttemptRunner(tmp_path, NODE, report, grace_s=0.5)
+    runner.start(assignment(py("pass")))
+    assert done.wait(WAIT_S)
+    assert runner.running() == []
