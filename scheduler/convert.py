@@ -43,7 +43,8 @@ from streamsched.schemas.tasks import DeclaredWork, Priority, TaskRejected, Task
 from streamsched.schemas.types import MAX_ID_CHARS, MAX_TEXT_CHARS
 
 from . import events as core
-from .instructions import Assign, Candidate, Decision, Instruction, Reject
+from .instructions import Assign, Candidate, Decision, Instruction, Preempt, Reject
+from .instructions import StopAttempt as CoreStopAttempt
 from .model import NodeSpec, PriorityClass, TaskSpec
 
 #: Wire priority -> core priority. Every wire value must appear (checked by the tests).
@@ -325,7 +326,7 @@ def wire_from_instruction(
     submissions: Mapping[str, TaskSubmitted],
     occurred_at: datetime,
     source: str,
-) -> tuple[Assignment, DecisionAudit] | TaskRejected | None:
+) -> tuple[Assignment, DecisionAudit] | TaskRejected | wire_commands.StopAttempt | None:
     """The wire record(s) for a core instruction.
 
     - :class:`~.instructions.Assign` -> ``(Assignment, DecisionAudit)``; the submission of
@@ -334,8 +335,9 @@ def wire_from_instruction(
       ``submissions[task_id]`` only if that is the refused submission (its ``event_id`` is
       the instruction's ``stimulus_id``); otherwise without a key (call
       :func:`rejection_to_wire` with the refused submission to echo its key).
-    - :class:`~.instructions.Preempt`, :class:`~.instructions.StopAttempt` -> ``None``: the
-      wire has no command an executor consumes to stop an attempt (yet).
+    - :class:`~.instructions.Preempt` -> ``command.stop_attempt`` with ``mode="preempt"``
+      (checkpoint kept), :class:`~.instructions.StopAttempt` -> the same with
+      ``mode="cancel"``; event ids derived from the stimulus, task and attempt.
     - anything else (``TaskTransition``, ``DeadlineInfeasible``, ``StaleEvent``,
       ``Learned``) -> ``None``: status, metrics and log material, not wire events.
 
@@ -355,4 +357,26 @@ def wire_from_instruction(
         # accepted task id must not be answered with the accepted one's key.
         rejected = known if known is not None and known.event_id == ins.stimulus_id else None
         return rejection_to_wire(ins, rejected, occurred_at=occurred_at, source=source)
+    if isinstance(ins, Preempt | CoreStopAttempt):
+        return stop_to_wire(ins, occurred_at=occurred_at, source=source)
     return None
+
+
+def stop_to_wire(
+    ins: Preempt | CoreStopAttempt, *, occurred_at: datetime, source: str
+) -> wire_commands.StopAttempt:
+    """A core preemption or stop as the ``command.stop_attempt`` an executor acts on."""
+    preempt = isinstance(ins, Preempt)
+    base = f"{ins.stimulus_id}.{ins.task_id}.{ins.attempt}"
+    return wire_commands.StopAttempt(
+        event_id=derived_event_id(base, "preempt" if preempt else "stop"),
+        occurred_at=occurred_at,
+        source=source,
+        task_id=ins.task_id,
+        attempt=ins.attempt,
+        node_id=ins.node_id,
+        mode="preempt" if preempt else "cancel",
+        reason=_text(ins.reason, "stopped by the scheduler"),
+        decision_id=ins.decision_id if isinstance(ins, Preempt) else None,
+        for_task_id=ins.for_task_id if isinstance(ins, Preempt) else None,
+    )

@@ -9,7 +9,7 @@ from .codec import (
     encode,
     validate_as,
 )
-from .commands import CancelTask, PolicyUpdate
+from .commands import CancelTask, PolicyUpdate, StopAttempt
 from .data import DataIngested
 from .decisions import Assignment, DecisionAudit, DecisionCandidate
 from .envelope import (
@@ -66,6 +66,7 @@ __all__ = [
     "PolicyUpdate",
     "Priority",
     "RunningAttempt",
+    "StopAttempt",
     "TaskCancelled",
     "TaskCompleted",
     "TaskFailed",

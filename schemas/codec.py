@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, TypeAlias, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from .commands import CancelTask, PolicyUpdate
+from .commands import CancelTask, PolicyUpdate, StopAttempt
 from .data import DataIngested
 from .decisions import Assignment, DecisionAudit
 from .envelope import (
@@ -59,6 +59,7 @@ Event: TypeAlias = (
     | DecisionAudit
     | CancelTask
     | PolicyUpdate
+    | StopAttempt
 )
 
 _EVENT_CLASSES: tuple[type[EventEnvelope], ...] = Event.__args__

@@ -1,4 +1,5 @@
-"""Commands: requests to change what the scheduler does (cancel a task, switch policy)."""
+"""Commands: requests to change what the scheduler does (cancel a task, switch policy) and
+what an executor does (stop an attempt)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StringConstraints, field_validator
 
 from .envelope import EventEnvelope
-from .types import MAX_ARG_CHARS, MAX_MAP_ITEMS, Fraction, Identifier, Text, fail
+from .types import MAX_ARG_CHARS, MAX_MAP_ITEMS, Attempt, Fraction, Identifier, Text, fail
 
 _ParamName = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -60,3 +61,23 @@ class PolicyUpdate(EventEnvelope):
                         f"got {type(value).__name__}",
                     )
         return parameters
+
+
+class StopAttempt(EventEnvelope):
+    """The scheduler asks the executor running ``attempt`` of ``task_id`` on ``node_id`` to
+    stop it: ``preempt`` keeps the checkpoint (the task is re-queued and resumes later),
+    ``cancel`` does not (the task was cancelled, or failed upstream). The attempt number is
+    the fencing token: an executor running another attempt ignores the command. Published
+    to the assignment topic of the node's hardware class, keyed and partitioned like an
+    assignment, so the executor that runs the attempt reads it in order after it.
+    """
+
+    type: Literal["command.stop_attempt"] = "command.stop_attempt"
+    task_id: Identifier
+    attempt: Attempt
+    node_id: Identifier
+    mode: Literal["preempt", "cancel"]
+    reason: Text
+    #: The decision behind a preemption, and the task it makes room for.
+    decision_id: Identifier | None = None
+    for_task_id: Identifier | None = None

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import streamsched.schemas as wire_schemas
+import streamsched.schemas.commands as wire_schemas_commands
 from streamsched.scheduler import events as core_events
 from streamsched.scheduler.convert import (
     PRIORITY_TO_CORE,
@@ -312,6 +313,10 @@ NON_STIMULI: list[wire_schemas.Event] = [
         reason="only node",
     ),
     wire_schemas.TaskRejected(**WIRE, reason="invalid"),
+    # The core's own output to executors, not a stimulus of the core.
+    wire_schemas.StopAttempt(
+        **WIRE, task_id="t-1", attempt=1, node_id="node-7", mode="cancel", reason="cancelled"
+    ),
 ]
 
 
@@ -527,9 +532,26 @@ def test_audit_keeps_infeasible_candidates_with_null_score() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("ins", "mode", "decision_id", "for_task_id"),
+    [
+        (Preempt("s", "t-1", 1, "n-1", "room for t-2", "t-2", "d-1"), "preempt", "d-1", "t-2"),
+        (StopAttempt("s", "t-1", 1, "n-1", "cancelled"), "cancel", None, None),
+    ],
+)
+def test_stops_become_stop_attempt_commands_valid_on_the_wire(
+    ins: Instruction, mode: str, decision_id: str | None, for_task_id: str | None
+) -> None:
+    cmd = wire_from_instruction(ins, submissions={}, occurred_at=T0, source="placement/0")
+    assert isinstance(cmd, wire_schemas_commands.StopAttempt)
+    assert (cmd.task_id, cmd.attempt, cmd.node_id, cmd.mode) == ("t-1", 1, "n-1", mode)
+    assert (cmd.decision_id, cmd.for_task_id) == (decision_id, for_task_id)
+    assert decode(encode(cmd), now=T0) == cmd
+    again = wire_from_instruction(ins, submissions={}, occurred_at=T0, source="placement/0")
+    assert again == cmd  # deterministic ids: a replay republishes the same command
+
+
 OTHER_INSTRUCTIONS: list[Instruction] = [
-    Preempt("s", "t-1", 1, "n-1", "room for t-2", "t-2", "d-1"),
-    StopAttempt("s", "t-1", 1, "n-1", "cancelled"),
     TaskTransition("s", "t-1", 1, TaskState.QUEUED, TaskState.ASSIGNED, "placed"),
     DeadlineInfeasible("s", "t-1", 100.0, 200.0),
     StaleEvent("s", "t-1", 1, 2, "completed"),

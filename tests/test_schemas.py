@@ -26,6 +26,7 @@ from streamsched.schemas import (
     NodeResources,
     PolicyUpdate,
     RunningAttempt,
+    StopAttempt,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
@@ -144,6 +145,16 @@ EXAMPLES: list[EventEnvelope] = [
         parameters={"age_weight": 0.1, "max_preemptions": 2, "explain": True, "tie": "fifo"},
         shadow_policy="fifo",
         split_ratio=0.2,
+    ),
+    StopAttempt(
+        **ENV,
+        task_id="t-1",
+        attempt=2,
+        node_id="gpu-v100-0",
+        mode="preempt",
+        reason="make room for t-9 (high)",
+        decision_id="d-00000042",
+        for_task_id="t-9",
     ),
 ]
 
