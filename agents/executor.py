@@ -1,0 +1,344 @@
+"""The executor agent: one per node. Reads the node's assignments, runs them, reports back.
+
+Wire contract (see :mod:`streamsched.agents.partitioning`):
+
+- Assignments for hardware class ``H`` arrive on ``sched.assignments.<H>``, keyed by node id,
+  in partition ``partition_for(node_id, <partitions of that topic>)``. The agent
+  ``assign()``\\ s exactly that partition (no consumer-group subscription, so no rebalance),
+  and ignores records keyed with another node's id (nodes may share a partition).
+- Offsets are committed with ``group.id = executor-<node_id>`` once a record is handled (the
+  attempt was started, or the record was skipped), so a restarted executor resumes where it
+  stopped. Delivery is at-least-once; :class:`AttemptRunner` ignores a redelivered
+  assignment of an attempt it already runs or ran.
+- ``command.stop_attempt`` records travel the same partition, after the assignment they
+  concern: ``preempt`` stops the attempt and keeps its checkpoint, ``cancel`` stops it.
+  A command for an attempt this executor does not run is ignored (the fencing token).
+- A record that is neither is logged (topic, partition, offset and the reason) and
+  skipped; it never stops the agent.
+- Every lifecycle event the runner reports goes to ``sched.tasks.events``, key = task id,
+  header ``type`` = the event type.
+- A heartbeat thread publishes :class:`NodeHeartbeat` to ``sched.nodes.heartbeats``
+  (key = node id) at once (this registers the node) and then every
+  ``heartbeat_interval_s``. ``usage.gpus`` counts the distinct GPUs used by running
+  attempts; CPU and memory usage are reported as 0 (assignments do not carry them yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamsched.agents.partitioning import ASSIGNMENT_PARTITIONS, partition_for
+from streamsched.agents.runner import AttemptKey, AttemptRunner, LifecycleEvent
+from streamsched.broker import ensure_topics
+from streamsched.scheduler.model import NodeSpec
+from streamsched.schemas import codec
+from streamsched.schemas.commands import StopAttempt
+from streamsched.schemas.decisions import Assignment
+from streamsched.schemas.errors import InvalidEvent
+from streamsched.schemas.hardware import assignment_topic
+from streamsched.schemas.nodes import NodeHeartbeat
+from streamsched.schemas.topics import NODE_HEARTBEATS, TASK_EVENTS
+from streamsched.schemas.types import CONTEXT_KNOWN_HARDWARE
+
+logger = logging.getLogger(__name__)
+
+#: Partitions of ``sched.tasks.events`` and ``sched.nodes.heartbeats`` when the agent
+#: creates them (they are keyed, so any count works).
+EVENT_TOPIC_PARTITIONS = 4
+#: Consumer poll timeout: how quickly the loop notices a stop.
+POLL_TIMEOUT_S = 0.2
+#: How long the final flush may take on stop.
+FLUSH_TIMEOUT_S = 10.0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ExecutorAgent:
+    """The executor of node ``node`` against the Kafka cluster of ``config`` (a librdkafka
+    client configuration, e.g. from :func:`streamsched.broker.client_config`).
+
+    ``runner`` defaults to an :class:`AttemptRunner` writing attempt logs to ``log_dir``
+    and reporting to :meth:`report`; a runner passed in must report to :meth:`report` too
+    (e.g. ``AttemptRunner(log_dir, node_id, report=lambda e: agent.report(e))``).
+    ``replay_speedup`` switches to replay mode: no process is run, each attempt lasts
+    ``predicted_runtime_s / replay_speedup`` wall seconds.
+
+    Raises ValueError for a node or setting the wire format cannot carry.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        node: NodeSpec,
+        runner: AttemptRunner | None = None,
+        log_dir: Path | str = Path("streamsched-logs"),
+        heartbeat_interval_s: float = 2.0,
+        replay_speedup: float | None = None,
+    ) -> None:
+        if heartbeat_interval_s <= 0:
+            raise ValueError(f"heartbeat interval must be positive, got {heartbeat_interval_s}")
+        if replay_speedup is not None and not replay_speedup > 0:
+            raise ValueError(f"replay speedup must be positive, got {replay_speedup}")
+        self.config = dict(config)
+        self.node = node
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.replay_speedup = replay_speedup
+        self.topic = assignment_topic(node.hardware)
+        self.source = f"executor:{node.node_id}"
+        self.partition: int | None = None  # known once run() has read the topic's metadata
+        self._key = node.node_id.encode("utf-8")
+        self._lock = threading.Lock()
+        self._producer: Producer | None = None
+        self._assignments: dict[AttemptKey, Assignment] = {}
+        self._sequence = 0
+        self._heartbeat(0, [])  # validates node id, hardware, capacity and labels now
+        self.runner = runner or AttemptRunner(Path(log_dir), node.node_id, report=self.report)
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume and run assignments until ``stop`` is set; then cancel running attempts,
+        flush the reports and close every client before returning.
+
+        Raises :class:`~streamsched.broker.BrokerError` or ``KafkaException`` when the
+        cluster cannot be reached or the topics cannot be created.
+        """
+        ensure_topics(
+            self.config,
+            {
+                self.topic: ASSIGNMENT_PARTITIONS,
+                TASK_EVENTS: EVENT_TOPIC_PARTITIONS,
+                NODE_HEARTBEATS: EVENT_TOPIC_PARTITIONS,
+            },
+        )
+        partitions = self._partition_count()
+        self.partition = partition_for(self.node.node_id, partitions)
+        producer = Producer({**self.config, "acks": "all", "linger.ms": 5})
+        with self._lock:
+            self._producer = producer
+        consumer = Consumer(
+            {
+                **self.config,
+                "group.id": f"executor-{self.node.node_id}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+            }
+        )
+        beats_stop = threading.Event()
+        beats = threading.Thread(
+            target=self._heartbeats, args=(beats_stop,), name="heartbeats", daemon=True
+        )
+        try:
+            consumer.assign([TopicPartition(self.topic, self.partition)])
+            logger.info(
+                "executor %s (%s) reading %s partition %d of %d",
+                self.node.node_id,
+                self.node.hardware,
+                self.topic,
+                self.partition,
+                partitions,
+            )
+            beats.start()
+            while not stop.is_set():
+                msg = consumer.poll(POLL_TIMEOUT_S)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    self._consumer_error(msg)
+                    continue
+                self._handle(msg)
+                self._commit(consumer, msg)
+        finally:
+            beats_stop.set()
+            if beats.is_alive():
+                beats.join()
+            self.runner.stop_all()
+            left = producer.flush(FLUSH_TIMEOUT_S)
+            if left:
+                logger.warning("%d report(s) not delivered on stop", left)
+            with self._lock:
+                self._producer = None
+            consumer.close()
+
+    def _partition_count(self) -> int:
+        """Partitions of the assignment topic (producer and executor both use this count)."""
+        meta = AdminClient(self.config).list_topics(self.topic, timeout=15)
+        count = len(meta.topics[self.topic].partitions)
+        if count != ASSIGNMENT_PARTITIONS:
+            logger.warning(
+                "%s has %d partitions (expected %d); using %d",
+                self.topic,
+                count,
+                ASSIGNMENT_PARTITIONS,
+                count,
+            )
+        return count or ASSIGNMENT_PARTITIONS
+
+    def _handle(self, msg: Message) -> None:
+        """Start the attempt of one record, or log why it is skipped."""
+        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        if msg.key() != self._key:
+            return  # another node's assignment in the shared partition
+        try:
+            record = codec.decode(msg.value() or b"", known_hardware=(self.node.hardware,))
+        except InvalidEvent as exc:
+            logger.error("skipping invalid record at %s: %s", where, exc)
+            return
+        if isinstance(record, StopAttempt):
+            self._stop(record, where)
+            return
+        if not isinstance(record, Assignment):
+            logger.error(
+                "skipping %s at %s: not an assignment or a stop command", record.type, where
+            )
+            return
+        assignment = record
+        if assignment.node_id != self.node.node_id:
+            logger.error(
+                "skipping assignment at %s: keyed %s but for node %r",
+                where,
+                self.node.node_id,
+                assignment.node_id,
+            )
+            return
+        key = (assignment.task_id, assignment.attempt)
+        with self._lock:
+            self._assignments.setdefault(key, assignment)
+        try:
+            if self.replay_speedup is None:
+                self.runner.start(assignment)
+            else:
+                self.runner.start(
+                    assignment,
+                    replay_runtime_s=assignment.predicted_runtime_s,
+                    speedup=self.replay_speedup,
+                )
+        except Exception:
+            logger.exception("could not start %s attempt %d (%s)", *key, where)
+
+    def _stop(self, command: StopAttempt, where: str) -> None:
+        """Preempt or cancel a running attempt; unknown attempts are ignored (fencing)."""
+        if command.node_id != self.node.node_id:
+            logger.error("skipping stop at %s: for node %r", where, command.node_id)
+            return
+        stop = self.runner.preempt if command.mode == "preempt" else self.runner.cancel
+        if not stop(command.task_id, command.attempt):
+            logger.info(
+                "ignoring %s of %s attempt %d at %s: not running here",
+                command.mode,
+                command.task_id,
+                command.attempt,
+                where,
+            )
+
+    def _commit(self, consumer: Consumer, msg: Message) -> None:
+        try:
+            consumer.commit(message=msg, asynchronous=False)
+        except KafkaException as exc:
+            logger.warning("offset commit failed at offset %d: %s", msg.offset(), exc)
+
+    def _consumer_error(self, msg: Message) -> None:
+        error = msg.error()
+        if error is not None and error.fatal():
+            raise KafkaException(error)
+        if error is not None and error.code() != KafkaError._PARTITION_EOF:
+            logger.warning("consumer error on %s: %s", self.topic, error)
+
+    # ------------------------------------------------------------------ reporting
+
+    def report(self, event: LifecycleEvent) -> None:
+        """Publish a lifecycle event to ``sched.tasks.events`` (thread-safe; the runner's
+        report callback)."""
+        if event.type not in ("task.started", "task.progress"):
+            with self._lock:
+                self._assignments.pop((event.task_id, event.attempt), None)
+        self._produce(TASK_EVENTS, event.task_id, codec.encode(event), event.type)
+
+    def _produce(self, topic: str, key: str, value: bytes, event_type: str) -> None:
+        with self._lock:
+            producer = self._producer
+        if producer is None:
+            logger.warning("dropping %s for %s: the agent is not running", event_type, key)
+            return
+        for _ in range(3):
+            try:
+                producer.produce(
+                    topic,
+                    value,
+                    key=key.encode("utf-8"),
+                    headers={"type": event_type},
+                    on_delivery=_log_delivery,
+                )
+                break
+            except BufferError:  # local queue full: serve deliveries, retry
+                producer.poll(0.5)
+        else:
+            logger.error("dropping %s for %s: producer queue full", event_type, key)
+        producer.poll(0)
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def heartbeat(self) -> NodeHeartbeat:
+        """The next heartbeat of this node (sequence number advanced)."""
+        with self._lock:
+            sequence = self._sequence
+            self._sequence += 1
+        return self._heartbeat(sequence, self.runner.running())
+
+    def _heartbeat(self, sequence: int, running: list[AttemptKey]) -> NodeHeartbeat:
+        with self._lock:
+            gpus = {
+                index
+                for key in running
+                if (assignment := self._assignments.get(key)) is not None
+                for index in assignment.gpu_indices
+            }
+        node = self.node
+        return NodeHeartbeat.model_validate(
+            {
+                "occurred_at": _utc_now(),
+                "source": self.source,
+                "node_id": node.node_id,
+                "hardware": node.hardware,
+                "capacity": {
+                    "cpu_milli": node.cpu_milli,
+                    "memory_mib": node.memory_mib,
+                    "gpus": node.gpus,
+                },
+                "usage": {"cpu_milli": 0, "memory_mib": 0, "gpus": len(gpus)},
+                "running": [{"task_id": t, "attempt": a} for t, a in running],
+                "labels": dict(node.labels),
+                "sequence": sequence,
+            },
+            context={CONTEXT_KNOWN_HARDWARE: frozenset({node.hardware})},
+        )
+
+    def _heartbeats(self, stop: threading.Event) -> None:
+        """Publish a heartbeat now and every interval until ``stop`` is set."""
+        while True:
+            try:
+                beat = self.heartbeat()
+                self._produce(NODE_HEARTBEATS, self.node.node_id, codec.encode(beat), beat.type)
+            except Exception:
+                logger.exception("heartbeat failed")
+            if stop.wait(self.heartbeat_interval_s):
+                return
+
+
+def _log_delivery(error: KafkaError | None, msg: Message) -> None:
+    if error is not None:
+        logger.error("delivery to %s failed: %s", msg.topic(), error)
+
+
+__all__ = ["EVENT_TOPIC_PARTITIONS", "ExecutorAgent"]

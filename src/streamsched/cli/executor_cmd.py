@@ -1,0 +1,153 @@
+"""``streamsched executor``: run this machine as an executor node of an existing cluster.
+
+The executor joins the broker named by ``KAFKA_BOOTSTRAP_SERVERS`` (it never starts one:
+an embedded broker private to the executor would have no scheduler). Ctrl-C or SIGTERM
+cancels running attempts, flushes the reports and leaves cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from confluent_kafka import KafkaException
+
+from streamsched.agents.executor import ExecutorAgent
+from streamsched.broker import BrokerError, client_config
+from streamsched.scheduler.model import NodeSpec
+from streamsched.schemas.hardware import KNOWN_HARDWARE_CLASSES, normalize_hardware
+from streamsched.settings import kafka_settings
+
+from ._common import cli_errors, fail
+
+__all__ = ["executor", "parse_cpus", "parse_memory_mib"]
+
+_MEMORY_UNITS = {"mib": 1, "mi": 1, "gib": 1024, "gi": 1024, "tib": 1024**2, "ti": 1024**2}
+_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_memory_mib(text: str) -> int:
+    """``512GiB`` -> 524288, ``1024MiB`` -> 1024, ``1.5TiB``; a bare number is MiB.
+
+    Binary units only (MiB, GiB, TiB, or Mi, Gi, Ti), case-insensitive. Raises ValueError
+    naming the input.
+    """
+    match = _QUANTITY.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or (unit and unit not in _MEMORY_UNITS):
+        raise ValueError(
+            f"--memory {text!r}: expected a size such as 512GiB, 64GiB or 1024MiB "
+            "(units MiB, GiB, TiB; a bare number is MiB)"
+        )
+    mib = Decimal(match.group(1)) * _MEMORY_UNITS[unit or "mib"]
+    if mib != mib.to_integral_value() or mib < 1:
+        raise ValueError(f"--memory {text!r}: must be a positive whole number of MiB")
+    return int(mib)
+
+
+def parse_cpus(text: str) -> int:
+    """``64`` -> 64000 milli-CPUs, ``0.5`` -> 500, ``500m`` -> 500. Raises ValueError."""
+    raw = text.strip()
+    try:
+        milli = Decimal(raw[:-1]) if raw.endswith("m") else Decimal(raw) * 1000
+    except InvalidOperation:
+        milli = Decimal(-1)
+    if not milli.is_finite() or milli < 1 or milli != milli.to_integral_value():
+        raise ValueError(
+            f"--cpus {text!r}: expected a positive number of CPUs (64, 0.5) or milli-CPUs (500m)"
+        )
+    return int(milli)
+
+
+def _parse_labels(items: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            fail(f"--label {item!r}: expected KEY=VALUE, e.g. 'data_region=eu'")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def executor(
+    node_id: Annotated[str, typer.Option("--node-id", help="This node's id (unique).")],
+    hardware: Annotated[
+        str, typer.Option("--hardware", help="Hardware class: cpu, gpu-v100, v100, ...")
+    ],
+    cpus: Annotated[str, typer.Option("--cpus", help="CPUs (64, 0.5) or milli-CPUs (500m).")],
+    memory: Annotated[str, typer.Option("--memory", help="Memory: 512GiB, 1024MiB, ...")],
+    gpus: Annotated[int, typer.Option("--gpus", min=0, help="Whole GPUs on the node.")] = 0,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Node label KEY=VALUE (repeatable).")
+    ] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option("--log-dir", help="Attempt logs (default: ./streamsched-logs/<node-id>)."),
+    ] = None,
+    replay_speedup: Annotated[
+        float | None,
+        typer.Option(
+            "--replay-speedup",
+            help="Replay mode: run no command, each attempt lasts predicted runtime / X.",
+        ),
+    ] = None,
+    heartbeat_s: Annotated[
+        float, typer.Option("--heartbeat-s", help="Seconds between heartbeats.")
+    ] = 2.0,
+) -> None:
+    """Run this machine as an executor node: consume its assignments, run them, report back.
+
+    Joins the broker in KAFKA_BOOTSTRAP_SERVERS (start one with `streamsched up`).
+    """
+    with cli_errors("--hardware"):
+        hardware_class = normalize_hardware(hardware)
+    with cli_errors():
+        memory_mib = parse_memory_mib(memory)
+        cpu_milli = parse_cpus(cpus)
+    if not node_id.strip() or any(c.isspace() for c in node_id):
+        fail(f"--node-id {node_id!r}: must be non-empty without whitespace")
+    if replay_speedup is not None and not replay_speedup > 0:
+        fail(f"--replay-speedup {replay_speedup}: must be positive")
+    if not heartbeat_s > 0:
+        fail(f"--heartbeat-s {heartbeat_s}: must be positive")
+    node = NodeSpec(node_id, hardware_class, cpu_milli, memory_mib, gpus, _parse_labels(label))
+    settings = kafka_settings()
+    if not settings.bootstrap_servers:
+        fail(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: the executor joins an existing broker; "
+            "set KAFKA_BOOTSTRAP_SERVERS=host:port (`streamsched up` will start one)"
+        )
+    with cli_errors():
+        agent = ExecutorAgent(
+            client_config(settings.bootstrap_servers, settings),
+            node,
+            log_dir=log_dir or Path("streamsched-logs") / node_id,
+            heartbeat_interval_s=heartbeat_s,
+            replay_speedup=replay_speedup,
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if hardware_class not in KNOWN_HARDWARE_CLASSES:
+        logging.getLogger(__name__).warning(
+            "hardware class %r is not built in; the scheduler must be configured with it",
+            hardware_class,
+        )
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        agent.run(stop)
+    except (BrokerError, KafkaException) as exc:
+        typer.echo(f"error: executor {node_id}: {exc}", err=True)
+        raise typer.Exit(1) from None
