@@ -291,7 +291,7 @@ def test_cli_without_a_broker_explains_and_exits_2() -> None:
     assert "Traceback" not in proc.stderr
     assert "error: KAFKA_BOOTSTRAP_SERVERS is not set" in proc.stderr
     assert "joins an existing broker" in proc.stderr
-    assert "streamsched up" in proc.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS=host:port" in proc.stderr
 
 
 def test_cli_rejects_a_bad_memory_size() -> None:

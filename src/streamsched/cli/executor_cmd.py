@@ -103,7 +103,7 @@ def executor(
 ) -> None:
     """Run this machine as an executor node: consume its assignments, run them, report back.
 
-    Joins the broker in KAFKA_BOOTSTRAP_SERVERS (start one with `streamsched up`).
+    Joins the Kafka cluster in KAFKA_BOOTSTRAP_SERVERS (see docs/configuration.md).
     """
     with cli_errors("--hardware"):
         hardware_class = normalize_hardware(hardware)
@@ -121,7 +121,7 @@ def executor(
     if not settings.bootstrap_servers:
         fail(
             "KAFKA_BOOTSTRAP_SERVERS is not set: the executor joins an existing broker; "
-            "set KAFKA_BOOTSTRAP_SERVERS=host:port (`streamsched up` will start one)"
+            "set KAFKA_BOOTSTRAP_SERVERS=host:port of your Kafka cluster"
         )
     with cli_errors():
         agent = ExecutorAgent(
