@@ -98,6 +98,7 @@ class PlacementAgent:
         decision_prefix: str = "d",
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        heartbeat_timeout_s: float | None = 15.0,
     ) -> None:
         if not tick_s > 0:
             raise ValueError(f"tick must be positive, got {tick_s}")
@@ -106,7 +107,9 @@ class PlacementAgent:
         self.clock = clock
         self.source = f"placement:{decision_prefix}"
         self.core = SchedulerCore(
-            get_policy(policy), RunningMeanForecaster(), CoreConfig(decision_prefix=decision_prefix)
+            get_policy(policy),
+            RunningMeanForecaster(),
+            CoreConfig(decision_prefix=decision_prefix, heartbeat_timeout_s=heartbeat_timeout_s),
         )
         #: Wire submissions by task id (the first one seen; assignments need its command).
         self.submissions: dict[str, TaskSubmitted] = {}

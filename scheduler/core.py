@@ -62,6 +62,9 @@ class CoreConfig:
     max_gpus_per_node: int = 8
     #: Prefix of decision ids (distinguishes placement agent instances).
     decision_prefix: str = "d"
+    #: A node not heard from (``NodeUp``/heartbeat) for this long is lost: its attempts are
+    #: re-queued with new attempt numbers. None: nodes never time out (simulation).
+    heartbeat_timeout_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -144,6 +147,7 @@ class SchedulerCore:
         self.pending_preemptions: dict[str, set[str]] = {}
         self._out: list[Instruction] = []
         self._stimulus = ""
+        self._next_expiry_check = -math.inf
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             NodeUp: self._on_node_up,
             NodeLost: self._on_node_lost,
@@ -168,6 +172,8 @@ class SchedulerCore:
             self._stimulus = ev.stimulus_id
             self._handlers[type(ev)](ev, now)
         self._stimulus = stimulus_id
+        if self.config.heartbeat_timeout_s is not None:
+            self._expire_silent_nodes(now)
         if self.stale_types:
             self._rekey_stale(self.policy.params.rekey_budget)
         if len(self.queue):
@@ -386,6 +392,24 @@ class SchedulerCore:
         if changed:
             self.occupancy_s[row] = 0.0
             self.row_next_end[row] = math.inf
+
+    def _expire_silent_nodes(self, now: float) -> None:
+        """Declare lost every alive node silent for longer than the heartbeat timeout
+        (checked at most once per second of core time)."""
+        if now < self._next_expiry_check:
+            return
+        self._next_expiry_check = now + 1.0
+        timeout = self.config.heartbeat_timeout_s
+        assert timeout is not None
+        silent = sorted(
+            node_id
+            for node_id, seen in self.last_seen.items()
+            if now - seen > timeout and self.cluster.alive[self.cluster.index[node_id]]
+        )
+        for node_id in silent:
+            self._stimulus = f"heartbeat-timeout:{node_id}"
+            reason = f"no heartbeat for {now - self.last_seen[node_id]:.0f} s"
+            self._on_node_lost(NodeLost(self._stimulus, node_id, reason), now)
 
     def _on_node_lost(self, ev: NodeLost, now: float) -> None:
         row = self.cluster.index.get(ev.node_id)

@@ -240,6 +240,7 @@ def new_core(
     seed: int = 0,
     reject_unplaceable: bool = False,
     max_gpus_per_node: int = 8,
+    heartbeat_timeout_s: float | None = None,
 ) -> SchedulerCore:
     """A fresh core running the named policy; ``params`` override its
     :class:`~streamsched.scheduler.policies.PolicyParams` (e.g. ``{"sjf_weight": 2.0}``).
@@ -257,7 +258,10 @@ def new_core(
         else:
             forecaster = RunningMeanForecaster()
     config = CoreConfig(
-        reject_unplaceable=reject_unplaceable, seed=seed, max_gpus_per_node=max_gpus_per_node
+        reject_unplaceable=reject_unplaceable,
+        seed=seed,
+        max_gpus_per_node=max_gpus_per_node,
+        heartbeat_timeout_s=heartbeat_timeout_s,
     )
     core = SchedulerCore(pol, forecaster, config)
     specs = tuple(nodes)

@@ -446,3 +446,35 @@ def test_builders_give_sensible_defaults_and_refuse_nonsense() -> None:
     assert names == ["gpu-v100-0", "gpu-v100-1", "gpu-k80-0", "cpu-0"]
     # Same arguments, equal events: replays compare equal.
     assert submitted(task("t")) == submitted(task("t"))
+
+
+# ---------------------------------------------------------------------- heartbeat timeout
+def test_a_silent_node_is_lost_and_its_attempt_requeued_elsewhere() -> None:
+    core = new_core(
+        "fifo", nodes=[node("n0", gpus=1), node("n1", gpus=1)], heartbeat_timeout_s=15.0
+    )
+    (a,) = assigns(drive(core, submitted(task("t", gpus=1)), 1.0))
+    drive(core, started("t", 1, a.node_id), 1.0)
+    other = "n1" if a.node_id == "n0" else "n0"
+    # Both registered at 0. The other node keeps heartbeating; the one running the task
+    # falls silent.
+    drive(core, up(node(other, gpus=1)), 10.0)
+    assert not assigns(drive(core, tick(14.5), 14.5))  # 14.5 s of silence is allowed
+    assert core.cluster.alive[core.cluster.index[a.node_id]]
+    out = drive(core, tick(15.5), 15.5)  # 15.5 s: lost
+    (again,) = assigns(out)
+    assert (again.task_id, again.attempt, again.node_id) == ("t", 2, other)
+    assert not core.cluster.alive[core.cluster.index[a.node_id]]
+    requeued = [t for t in transitions(out, "t") if t.new is TaskState.QUEUED]
+    assert "no heartbeat" in requeued[0].reason
+
+
+def test_heartbeats_keep_a_node_alive_and_no_timeout_means_never() -> None:
+    kept = new_core("fifo", nodes=[node("n0")], heartbeat_timeout_s=5.0)
+    for now in (4.0, 8.0, 12.0):
+        drive(kept, up(node("n0")), now)
+    drive(kept, tick(14.0), 14.0)
+    assert kept.cluster.alive[kept.cluster.index["n0"]]
+    forever = new_core("fifo", nodes=[node("n0")])
+    drive(forever, tick(1e9), 1e9)
+    assert forever.cluster.alive[forever.cluster.index["n0"]]
