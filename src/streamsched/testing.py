@@ -18,9 +18,11 @@ equal events (the core is deterministic given its events and ``now``).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -373,3 +375,22 @@ def _orphan(event: Event, live: Mapping[tuple[str, int], object]) -> bool:
     if isinstance(event, TaskCompleted | TaskStarted):
         return (event.task_id, event.attempt) not in live
     return False
+
+
+# ---------------------------------------------------------------------- agents
+@contextlib.contextmanager
+def running_in_thread(
+    run: Callable[[threading.Event], None], join_timeout_s: float = 15.0
+) -> Iterator[threading.Event]:
+    """Run an agent's ``run(stop)`` in a background thread for the ``with`` block, then
+    set ``stop`` and check that the agent really stopped."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(join_timeout_s)
+        if thread.is_alive():
+            raise AssertionError(f"the agent did not stop within {join_timeout_s:g} s")

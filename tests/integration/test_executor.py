@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from streamsched.schemas.decisions import Assignment
 from streamsched.schemas.envelope import EventEnvelope
 from streamsched.schemas.lifecycle import TaskCompleted, TaskFailed, TaskPreempted, TaskStarted
 from streamsched.schemas.nodes import NodeHeartbeat
+from streamsched.testing import running_in_thread
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
 
@@ -81,15 +81,8 @@ def config(kafka_bootstrap: str) -> dict[str, Any]:
 @contextmanager
 def running_agent(config: dict[str, Any], node_id: str, log_dir: Path) -> Iterator[ExecutorAgent]:
     agent = ExecutorAgent(config, _node(node_id), log_dir=log_dir, heartbeat_interval_s=0.5)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with running_in_thread(agent.run):
         yield agent
-    finally:
-        stop.set()
-        thread.join(15)
-        assert not thread.is_alive(), "the agent did not stop"
 
 
 def _produce(config: dict[str, Any], node_id: str, value: bytes, key: str | None = None) -> None:

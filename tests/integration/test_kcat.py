@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from streamsched.agents.partitioning import ASSIGNMENT_PARTITIONS, partition_for
 from streamsched.agents.placement import PlacementAgent
 from streamsched.broker import client_config
 from streamsched.schemas import topics
+from streamsched.testing import running_in_thread
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
@@ -64,14 +64,8 @@ def kcat_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture
 def placement(kafka_bootstrap: str) -> Iterator[PlacementAgent]:
     agent = PlacementAgent(client_config(kafka_bootstrap), decision_prefix=uuid.uuid4().hex[:6])
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with running_in_thread(agent.run):
         yield agent
-    finally:
-        stop.set()
-        thread.join(15)
 
 
 def _produce(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from streamsched.schemas import codec, topics
 from streamsched.schemas.decisions import DecisionAudit
 from streamsched.schemas.lifecycle import TaskCompleted
 from streamsched.schemas.tasks import TaskSubmitted
+from streamsched.testing import running_in_thread
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
@@ -66,22 +66,9 @@ def config(kafka_bootstrap: str) -> dict[str, Any]:
 
 
 @contextmanager
-def running(run: Callable[[threading.Event], None]) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(15)
-        assert not thread.is_alive(), "the agent did not stop"
-
-
-@contextmanager
 def placement(config: dict[str, Any]) -> Iterator[PlacementAgent]:
     agent = PlacementAgent(config, decision_prefix=_uid("d"), tick_s=0.2)
-    with running(agent.run):
+    with running_in_thread(agent.run):
         yield agent
 
 
@@ -171,7 +158,7 @@ def test_places_and_runs_a_submitted_task_end_to_end(
     executor = ExecutorAgent(
         config, _node(node_id, tag), log_dir=tmp_path, heartbeat_interval_s=0.5
     )
-    with placement(config) as agent, running(executor.run):
+    with placement(config) as agent, running_in_thread(executor.run):
         deadline = time.monotonic() + WAIT_S
         while node_id not in agent.node_hardware:  # a heartbeat registered the node
             assert time.monotonic() < deadline, "no heartbeat reached the placement agent"
