@@ -7,24 +7,20 @@ cancels running attempts, flushes the reports and leaves cleanly.
 
 from __future__ import annotations
 
-import logging
 import re
-import signal
-import threading
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from confluent_kafka import KafkaException
 
 from streamsched.agents.executor import ExecutorAgent
-from streamsched.broker import BrokerError, client_config
+from streamsched.broker import client_config
 from streamsched.scheduler.model import NodeSpec
 from streamsched.schemas.hardware import KNOWN_HARDWARE_CLASSES, normalize_hardware
-from streamsched.settings import kafka_settings
 
 from ._common import cli_errors, fail
+from .live import require_bootstrap, run_until_signalled
 
 __all__ = ["executor", "parse_cpus", "parse_memory_mib"]
 
@@ -117,37 +113,19 @@ def executor(
     if not heartbeat_s > 0:
         fail(f"--heartbeat-s {heartbeat_s}: must be positive")
     node = NodeSpec(node_id, hardware_class, cpu_milli, memory_mib, gpus, _parse_labels(label))
-    settings = kafka_settings()
-    if not settings.bootstrap_servers:
-        fail(
-            "KAFKA_BOOTSTRAP_SERVERS is not set: the executor joins an existing broker; "
-            "set KAFKA_BOOTSTRAP_SERVERS=host:port of your Kafka cluster"
-        )
+    servers, settings = require_bootstrap("executor")
     with cli_errors():
         agent = ExecutorAgent(
-            client_config(settings.bootstrap_servers, settings),
+            client_config(servers, settings),
             node,
             log_dir=log_dir or Path("streamsched-logs") / node_id,
             heartbeat_interval_s=heartbeat_s,
             replay_speedup=replay_speedup,
         )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     if hardware_class not in KNOWN_HARDWARE_CLASSES:
-        logging.getLogger(__name__).warning(
-            "hardware class %r is not built in; the scheduler must be configured with it",
-            hardware_class,
+        typer.echo(
+            f"warning: hardware class {hardware_class!r} is not built in; the scheduler "
+            "must be configured with it",
+            err=True,
         )
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        agent.run(stop)
-    except (BrokerError, KafkaException) as exc:
-        typer.echo(f"error: executor {node_id}: {exc}", err=True)
-        raise typer.Exit(1) from None
+    run_until_signalled(agent.run, f"executor {node_id}")

@@ -1,0 +1,112 @@
+"""Commands that run parts of a live cluster by hand: ``streamsched broker`` (the embedded
+broker, standalone) and ``streamsched placement`` (the placement agent). With
+``streamsched executor`` on each node, they make a working cluster:
+
+    streamsched broker                       # prints KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT
+    export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT
+    streamsched placement &
+    streamsched executor --node-id v100-0 --hardware gpu-v100 --gpus 8 --cpus 64 --memory 512GiB
+
+Ctrl-C or SIGTERM stops each cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from confluent_kafka import KafkaException
+
+from streamsched.agents.placement import PlacementAgent
+from streamsched.broker import BrokerError, EmbeddedBroker, client_config, ensure_topics
+from streamsched.scheduler.policies import POLICY_NAMES
+from streamsched.schemas import topics
+from streamsched.settings import KafkaSettings, kafka_settings
+
+from ._common import cli_errors, fail
+
+__all__ = ["broker", "placement", "require_bootstrap", "run_until_signalled"]
+
+
+def require_bootstrap(role: str) -> tuple[str, KafkaSettings]:
+    """The configured cluster, or exit 2 explaining that ``role`` joins an existing one."""
+    settings = kafka_settings()
+    if not settings.bootstrap_servers:
+        fail(
+            f"KAFKA_BOOTSTRAP_SERVERS is not set: the {role} joins an existing broker; "
+            "set KAFKA_BOOTSTRAP_SERVERS=host:port of your Kafka cluster "
+            "(`streamsched broker` runs one on this machine)"
+        )
+    assert settings.bootstrap_servers is not None
+    return settings.bootstrap_servers, settings
+
+
+def run_until_signalled(run: Callable[[threading.Event], None], what: str) -> None:
+    """Call ``run(stop)``; SIGINT or SIGTERM sets ``stop``. Broker failures exit 1 with
+    one line naming ``what``."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        run(stop)
+    except (BrokerError, KafkaException) as exc:
+        typer.echo(f"error: {what}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def broker(
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port on 127.0.0.1 (default: a free one).")
+    ] = None,
+) -> None:
+    """Run the embedded broker (Tansu, in memory) on 127.0.0.1 until Ctrl-C."""
+    with cli_errors():
+        embedded = EmbeddedBroker(port=port)
+
+    def run(stop: threading.Event) -> None:
+        with embedded:
+            ensure_topics(client_config(embedded.bootstrap_servers), _core_topics())
+            typer.echo(f"KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+            typer.echo("broker running in memory on loopback; Ctrl-C stops it", err=True)
+            stop.wait()
+
+    run_until_signalled(run, "embedded broker")
+
+
+def _core_topics() -> dict[str, int]:
+    return {name: 1 if name == topics.DEAD_LETTER else 4 for name in topics.CORE_TOPICS}
+
+
+def placement(
+    policy: Annotated[str, typer.Option(help="Placement policy.")] = "forecast",
+    decision_prefix: Annotated[
+        str, typer.Option(help="Prefix of decision ids (unique per agent instance).")
+    ] = "d",
+    heartbeat_timeout_s: Annotated[
+        float, typer.Option(min=1.0, help="A node silent this long is lost.")
+    ] = 15.0,
+) -> None:
+    """Run the placement agent: live events in, assignments and audit records out."""
+    if policy not in POLICY_NAMES or policy == "oracle":
+        known = ", ".join(p for p in POLICY_NAMES if p != "oracle")
+        fail(f"--policy {policy!r}: not a live policy; choose one of {known}")
+    servers, settings = require_bootstrap("placement agent")
+    with cli_errors():
+        agent = PlacementAgent(
+            client_config(servers, settings),
+            policy=policy,
+            decision_prefix=decision_prefix,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+        )
+    run_until_signalled(agent.run, "placement agent")
