@@ -22,9 +22,11 @@ import contextlib
 import heapq
 import itertools
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -394,3 +396,87 @@ def running_in_thread(
         thread.join(join_timeout_s)
         if thread.is_alive():
             raise AssertionError(f"the agent did not stop within {join_timeout_s:g} s")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+class TopicReader:
+    """Reads a whole Kafka topic (every partition, from the beginning) for tests: the raw
+    records with their headers, and the events among them, decoded."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str, timeout_s: float = 20.0) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka.admin import AdminClient
+
+        self.timeout_s = timeout_s
+        self.records: list[tuple[bytes, dict[str, str]]] = []
+        self._decoded: list[Any] = []
+        group = f"reader-{uuid.uuid4().hex}"
+        self._consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+        deadline = time.monotonic() + timeout_s
+        while True:  # an agent may still be creating the topic
+            meta = AdminClient(dict(config)).list_topics(topic, timeout=10).topics[topic]
+            if meta.error is None and meta.partitions:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} never appeared")
+            time.sleep(0.1)
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+
+    def wait_for(
+        self, predicate: Callable[[list[tuple[bytes, dict[str, str]]]], bool]
+    ) -> list[tuple[bytes, dict[str, str]]]:
+        """Read until ``predicate(records)`` holds (AssertionError after the timeout)."""
+        deadline = time.monotonic() + self.timeout_s
+        while not predicate(self.records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {len(self.records)} records")
+            msg = self._consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            headers = {str(k): _text(v) for k, v in list(msg.headers() or [])}
+            self.records.append((msg.value() or b"", headers))
+        return self.records
+
+    def drain(self, seconds: float) -> None:
+        """Keep reading for ``seconds`` (records of other partitions may lag)."""
+        deadline = time.monotonic() + seconds
+        self.wait_for(lambda _: time.monotonic() >= deadline)
+
+    def events(self, kind: type[Any] | None = None, task_id: str | None = None) -> list[Any]:
+        """Decoded events read so far (records that do not decode are left out)."""
+        from streamsched.schemas import codec
+
+        for value, _ in self.records[len(self._decoded) :]:
+            try:
+                self._decoded.append(codec.decode(value))
+            except ValueError:
+                self._decoded.append(None)
+        return [
+            e
+            for e in self._decoded
+            if e is not None
+            and (kind is None or isinstance(e, kind))
+            and (task_id is None or getattr(e, "task_id", None) == task_id)
+        ]
+
+    def wait_events(self, predicate: Callable[[list[Any]], bool]) -> list[Any]:
+        """Read until ``predicate(decoded events)`` holds; return the decoded events."""
+        self.wait_for(lambda _: predicate(self.events()))
+        return self.events()
+
+    def wait_event(self, kind: type[Any], task_id: str) -> Any:
+        """The first event of ``kind`` for ``task_id``, waiting for it."""
+        self.wait_events(lambda _: bool(self.events(kind, task_id)))
+        return self.events(kind, task_id)[0]
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

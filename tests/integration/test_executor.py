@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Producer
 
 from streamsched.agents.executor import EVENT_TOPIC_PARTITIONS, ExecutorAgent
 from streamsched.agents.partitioning import ASSIGNMENT_PARTITIONS, partition_for
@@ -28,7 +26,7 @@ from streamsched.schemas.decisions import Assignment
 from streamsched.schemas.envelope import EventEnvelope
 from streamsched.schemas.lifecycle import TaskCompleted, TaskFailed, TaskPreempted, TaskStarted
 from streamsched.schemas.nodes import NodeHeartbeat
-from streamsched.testing import running_in_thread
+from streamsched.testing import TopicReader, running_in_thread
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
 
@@ -96,34 +94,9 @@ def _produce(config: dict[str, Any], node_id: str, value: bytes, key: str | None
     assert producer.flush(10) == 0
 
 
-class Reader:
-    """Reads a whole topic (every partition, from the beginning), decoding events."""
-
-    def __init__(self, config: dict[str, Any], topic: str) -> None:
-        self.events: list[EventEnvelope] = []
-        self._consumer = Consumer(
-            {**config, "group.id": _uid("reader"), "enable.auto.commit": False}
-        )
-        count = len(AdminClient(config).list_topics(topic, timeout=10).topics[topic].partitions)
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(count)])
-
-    def wait_for(self, predicate: Callable[[list[EventEnvelope]], bool]) -> list[EventEnvelope]:
-        deadline = time.monotonic() + WAIT_S
-        while not predicate(self.events):
-            assert time.monotonic() < deadline, f"timed out; seen {self.events}"
-            msg = self._consumer.poll(0.2)
-            if msg is None or msg.error() is not None:
-                continue
-            self.events.append(codec.decode(msg.value() or b""))
-        return self.events
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
 @pytest.fixture
-def task_events(config: dict[str, Any]) -> Iterator[Reader]:
-    reader = Reader(config, topics.TASK_EVENTS)
+def task_events(config: dict[str, Any]) -> Iterator[TopicReader]:
+    reader = TopicReader(config, topics.TASK_EVENTS, timeout_s=WAIT_S)
     yield reader
     reader.close()
 
@@ -139,12 +112,12 @@ def _finished(task_id: str) -> Callable[[list[EventEnvelope]], bool]:
 
 
 def test_runs_an_assignment_and_reports_its_lifecycle(
-    config: dict[str, Any], task_events: Reader, tmp_path: Path
+    config: dict[str, Any], task_events: TopicReader, tmp_path: Path
 ) -> None:
     node_id, task_id = _uid("node"), _uid("task")
     with running_agent(config, node_id, tmp_path) as agent:
         _produce(config, node_id, codec.encode(_assignment(node_id, task_id)))
-        events = task_events.wait_for(_finished(task_id))
+        events = task_events.wait_events(_finished(task_id))
         assert agent.partition == partition_for(node_id, ASSIGNMENT_PARTITIONS)
     (started,) = _of(events, TaskStarted, task_id)
     (completed,) = _of(events, TaskCompleted, task_id)
@@ -169,16 +142,16 @@ def _stop(node_id: str, task_id: str, attempt: int, mode: str) -> bytes:
 
 
 def test_a_stop_command_preempts_the_running_attempt_and_a_stale_one_is_ignored(
-    config: dict[str, Any], task_events: Reader, tmp_path: Path
+    config: dict[str, Any], task_events: TopicReader, tmp_path: Path
 ) -> None:
     node_id, task_id = _uid("node"), _uid("task")
     long_running = "import time; print('working', flush=True); time.sleep(60)"
     with running_agent(config, node_id, tmp_path):
         _produce(config, node_id, codec.encode(_assignment(node_id, task_id, long_running)))
-        task_events.wait_for(lambda events: bool(_of(events, TaskStarted, task_id)))
+        task_events.wait_events(lambda events: bool(_of(events, TaskStarted, task_id)))
         _produce(config, node_id, _stop(node_id, task_id, attempt=7, mode="cancel"))  # stale
         _produce(config, node_id, _stop(node_id, task_id, attempt=1, mode="preempt"))
-        events = task_events.wait_for(lambda evs: bool(_of(evs, TaskPreempted, task_id)))
+        events = task_events.wait_events(lambda evs: bool(_of(evs, TaskPreempted, task_id)))
     (preempted,) = _of(events, TaskPreempted, task_id)
     assert preempted.attempt == 1
     assert not _of(events, TaskCompleted, task_id)
@@ -187,10 +160,10 @@ def test_a_stop_command_preempts_the_running_attempt_and_a_stale_one_is_ignored(
 
 def test_heartbeat_registers_the_node_at_once(config: dict[str, Any], tmp_path: Path) -> None:
     node_id = _uid("node")
-    reader = Reader(config, topics.NODE_HEARTBEATS)
+    reader = TopicReader(config, topics.NODE_HEARTBEATS, timeout_s=WAIT_S)
     try:
         with running_agent(config, node_id, tmp_path):
-            events = reader.wait_for(
+            events = reader.wait_events(
                 lambda evs: len([e for e in evs if getattr(e, "node_id", None) == node_id]) >= 2
             )
     finally:
@@ -209,7 +182,10 @@ def test_heartbeat_registers_the_node_at_once(config: dict[str, Any], tmp_path: 
 
 
 def test_skips_bad_records_and_other_nodes_assignments(
-    config: dict[str, Any], task_events: Reader, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    config: dict[str, Any],
+    task_events: TopicReader,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     node_id = _uid("node")
     partition = partition_for(node_id, ASSIGNMENT_PARTITIONS)
@@ -223,7 +199,7 @@ def test_skips_bad_records_and_other_nodes_assignments(
     _produce(config, node_id, codec.encode(_assignment(other, other_task)), key=other)
     _produce(config, node_id, codec.encode(_assignment(node_id, task_id)))
     with running_agent(config, node_id, tmp_path):
-        events = task_events.wait_for(_finished(task_id))
+        events = task_events.wait_events(_finished(task_id))
     assert not [e for e in events if getattr(e, "task_id", None) == other_task]
     assert not (tmp_path / f"{other_task}.1.log").exists()
     (skipped,) = [r.getMessage() for r in caplog.records if "skipping invalid" in r.getMessage()]
@@ -232,15 +208,15 @@ def test_skips_bad_records_and_other_nodes_assignments(
 
 
 def test_a_restarted_executor_resumes_after_the_committed_offset(
-    config: dict[str, Any], task_events: Reader, tmp_path: Path
+    config: dict[str, Any], task_events: TopicReader, tmp_path: Path
 ) -> None:
     node_id, first, second = _uid("node"), _uid("task"), _uid("task")
     with running_agent(config, node_id, tmp_path):
         _produce(config, node_id, codec.encode(_assignment(node_id, first)))
-        task_events.wait_for(_finished(first))
+        task_events.wait_events(_finished(first))
     with running_agent(config, node_id, tmp_path):
         _produce(config, node_id, codec.encode(_assignment(node_id, second)))
-        events = task_events.wait_for(_finished(second))
+        events = task_events.wait_events(_finished(second))
     assert len(_of(events, TaskStarted, first)) == 1  # not run again after the restart
 
 
@@ -249,7 +225,7 @@ def test_cli_executor_joins_the_broker_and_stops_on_sigterm(
     config: dict[str, Any], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     node_id = _uid("node")
-    reader = Reader(config, topics.NODE_HEARTBEATS)
+    reader = TopicReader(config, topics.NODE_HEARTBEATS, timeout_s=WAIT_S)
     proc = subprocess.Popen(
         [str(SCRIPT), "executor", "--node-id", node_id, "--hardware", "v100", "--gpus", "8",
          "--cpus", "64", "--memory", "512GiB", "--log-dir", str(tmp_path), "--heartbeat-s", "0.5"],
@@ -257,7 +233,7 @@ def test_cli_executor_joins_the_broker_and_stops_on_sigterm(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        reader.wait_for(lambda evs: any(getattr(e, "node_id", None) == node_id for e in evs))
+        reader.wait_events(lambda evs: any(getattr(e, "node_id", None) == node_id for e in evs))
         proc.terminate()
         _, stderr = proc.communicate(timeout=15)
     finally:

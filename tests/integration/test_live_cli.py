@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from streamsched.schemas import codec, topics
 from streamsched.schemas.lifecycle import TaskCompleted
 from streamsched.schemas.tasks import TaskResources, TaskSubmitted
+from streamsched.testing import TopicReader
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -110,22 +111,9 @@ def test_a_cluster_run_by_hand_completes_a_task(tmp_path: Path) -> None:
 
 
 def _completed(config: dict[str, str], task_id: str) -> TaskCompleted:
-    consumer = Consumer({**config, "group.id": uuid.uuid4().hex, "enable.auto.commit": False})
-    meta = AdminClient(config).list_topics(topics.TASK_EVENTS, timeout=10)
-    count = len(meta.topics[topics.TASK_EVENTS].partitions)
-    consumer.assign([TopicPartition(topics.TASK_EVENTS, p, OFFSET_BEGINNING) for p in range(count)])
-    try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.3)
-            if msg is None or msg.error() is not None:
-                continue
-            event = codec.decode(msg.value() or b"")
-            if isinstance(event, TaskCompleted) and event.task_id == task_id:
-                return event
-        raise AssertionError(f"{task_id} never completed")
-    finally:
-        consumer.close()
+    with TopicReader(config, topics.TASK_EVENTS, timeout_s=40) as reader:
+        event: TaskCompleted = reader.wait_event(TaskCompleted, task_id)
+        return event
 
 
 @pytest.mark.parametrize(

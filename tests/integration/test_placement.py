@@ -10,15 +10,14 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Message, Producer
 
 from streamsched.agents.executor import ExecutorAgent
 from streamsched.agents.placement import PlacementAgent
@@ -28,7 +27,7 @@ from streamsched.schemas import codec, topics
 from streamsched.schemas.decisions import DecisionAudit
 from streamsched.schemas.lifecycle import TaskCompleted
 from streamsched.schemas.tasks import TaskSubmitted
-from streamsched.testing import running_in_thread
+from streamsched.testing import TopicReader, running_in_thread
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
@@ -89,63 +88,8 @@ def _heartbeat(config: dict[str, Any], node_id: str, tmp_path: Path) -> None:
     _produce(config, topics.NODE_HEARTBEATS, node_id, codec.encode(beat))
 
 
-class Reader:
-    """Reads a whole topic (every partition, from the beginning): raw records."""
-
-    def __init__(self, config: dict[str, Any], topic: str) -> None:
-        self.records: list[tuple[bytes, dict[str, str]]] = []
-        self._consumer = Consumer(
-            {**config, "group.id": _uid("reader"), "enable.auto.commit": False}
-        )
-        deadline = time.monotonic() + 10
-        while True:  # the placement agent may still be creating the topic
-            meta = AdminClient(config).list_topics(topic, timeout=10).topics[topic]
-            if meta.error is None and meta.partitions:
-                break
-            assert time.monotonic() < deadline, f"topic {topic} never appeared"
-            time.sleep(0.1)
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-
-    def wait_for(
-        self, predicate: Callable[[list[tuple[bytes, dict[str, str]]]], bool]
-    ) -> list[tuple[bytes, dict[str, str]]]:
-        deadline = time.monotonic() + WAIT_S
-        while not predicate(self.records):
-            assert time.monotonic() < deadline, f"timed out; seen {len(self.records)} records"
-            msg = self._consumer.poll(0.2)
-            if msg is None or msg.error() is not None:
-                continue
-            headers = {k: (v or b"").decode() for k, v in msg.headers() or []}
-            self.records.append((msg.value() or b"", headers))
-        return self.records
-
-    def drain(self, seconds: float) -> None:
-        """Keep reading for ``seconds`` (records of other partitions may lag)."""
-        deadline = time.monotonic() + seconds
-        self.wait_for(lambda _: time.monotonic() >= deadline)
-
-    def events(self, kind: type[Any], task_id: str) -> list[Any]:
-        found = []
-        for value, _ in self.records:
-            try:
-                event = codec.decode(value)
-            except ValueError:
-                continue
-            if isinstance(event, kind) and getattr(event, "task_id", None) == task_id:
-                found.append(event)
-        return found
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
-@contextmanager
-def reader(config: dict[str, Any], topic: str) -> Iterator[Reader]:
-    r = Reader(config, topic)
-    try:
-        yield r
-    finally:
-        r.close()
+def reader(config: dict[str, Any], topic: str) -> TopicReader:
+    return TopicReader(config, topic, timeout_s=WAIT_S)
 
 
 def test_places_and_runs_a_submitted_task_end_to_end(

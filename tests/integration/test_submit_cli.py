@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from streamsched.agents.executor import ExecutorAgent
 from streamsched.agents.placement import PlacementAgent
 from streamsched.broker import client_config
 from streamsched.scheduler.model import NodeSpec
-from streamsched.schemas import codec, topics
+from streamsched.schemas import topics
 from streamsched.schemas.lifecycle import TaskCancelled, TaskStarted
-from streamsched.testing import running_in_thread
+from streamsched.testing import TopicReader, running_in_thread
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -75,22 +73,8 @@ def test_submit_waits_for_the_decision_and_cancel_stops_the_attempt(
 
 
 def _wait_for(config: dict[str, Any], kind: type, task_id: str) -> Any:
-    consumer = Consumer({**config, "group.id": uuid.uuid4().hex, "enable.auto.commit": False})
-    meta = AdminClient(config).list_topics(topics.TASK_EVENTS, timeout=10)
-    count = len(meta.topics[topics.TASK_EVENTS].partitions)
-    consumer.assign([TopicPartition(topics.TASK_EVENTS, p, OFFSET_BEGINNING) for p in range(count)])
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.3)
-            if msg is None or msg.error() is not None:
-                continue
-            event = codec.decode(msg.value() or b"")
-            if isinstance(event, kind) and getattr(event, "task_id", None) == task_id:
-                return event
-        raise AssertionError(f"no {kind.__name__} for {task_id}")
-    finally:
-        consumer.close()
+    with TopicReader(config, topics.TASK_EVENTS, timeout_s=30) as reader:
+        return reader.wait_event(kind, task_id)
 
 
 def test_submit_refuses_bad_input_before_kafka(tmp_path: Path) -> None:
