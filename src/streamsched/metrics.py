@@ -1,0 +1,205 @@
+"""Prometheus metrics of every streamsched process, in one place.
+
+Names follow the Prometheus conventions: the ``streamsched_`` prefix, base units in the
+name (``_seconds``, ``_bytes``), ``_total`` on counters. Label sets are bounded: hardware
+classes come from the fleet (a handful), topics from the fixed topic list plus one
+assignment topic per hardware class, components and outcomes from fixed vocabularies.
+Task ids, node ids, tenants and error texts are never labels.
+
+Each process serves its own metrics with :func:`serve` on 127.0.0.1 (port 0 picks a free
+port). The metrics are module-level objects in the default registry, so a process that
+runs several components (a test, ``streamsched up`` helpers) exposes them once; the
+``component`` label tells them apart where it matters.
+
+docs/metrics.md lists every metric with its meaning; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import start_http_server as _start_http_server
+
+from streamsched import __version__
+
+logger = logging.getLogger(__name__)
+
+#: Components (values of the ``component`` label).
+COMPONENTS = ("placement", "executor", "processor", "client", "up")
+
+#: Latency buckets (seconds) for pipeline latencies: 0.5 ms .. 60 s.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+)  # fmt: skip
+#: Buckets for the relative forecast error |predicted - actual| / actual.
+RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+BUILD = Info("streamsched_build", "Version of the streamsched process.")
+BUILD.info({"version": __version__})
+
+# --------------------------------------------------------------------- placement agent
+SUBMISSIONS = Counter(
+    "streamsched_submissions_total",
+    "Task submissions read by the placement agent, by outcome (accepted, rejected, duplicate).",
+    ["outcome"],
+)
+DECISIONS = Counter(
+    "streamsched_decisions_total",
+    "Scheduling decisions published, by kind (assign, reject, preempt, stop) and hardware "
+    "class ('' when none applies, e.g. a rejection).",
+    ["kind", "hardware"],
+)
+ASSIGNMENTS = Counter(
+    "streamsched_assignments_total",
+    "Assignments published to sched.assignments.<hardware>, by hardware class.",
+    ["hardware"],
+)
+REASSIGNMENTS = Counter(
+    "streamsched_reassignments_total",
+    "Assignments of a task's second or later attempt (after a preemption, a lost node or a "
+    "retry): placement churn, by hardware class of the new attempt.",
+    ["hardware"],
+)
+QUEUE_DEPTH = Gauge(
+    "streamsched_queue_depth",
+    "Queued (eligible, unplaced) tasks that may run on each hardware class; a task allowed "
+    "on several classes counts in each.",
+    ["hardware"],
+)
+QUEUED_TASKS = Gauge("streamsched_queued_tasks", "Queued tasks (each counted once).")
+RUNNING_TASKS = Gauge(
+    "streamsched_running_tasks", "Tasks assigned or running, by hardware class.", ["hardware"]
+)
+DECISION_LATENCY = Histogram(
+    "streamsched_decision_latency_seconds",
+    "Time the scheduler core took to handle one batch of input events (all decisions it "
+    "made for that batch).",
+    buckets=LATENCY_BUCKETS,
+)
+SUBMIT_TO_ASSIGNED = Histogram(
+    "streamsched_submit_to_assigned_seconds",
+    "From a submission's occurred_at to the publication of its first assignment, by "
+    "hardware class (wall clock; includes queueing for capacity).",
+    ["hardware"],
+    buckets=LATENCY_BUCKETS,
+)
+
+# --------------------------------------------------------------------- executor agent
+ASSIGNED_TO_STARTED = Histogram(
+    "streamsched_assigned_to_started_seconds",
+    "From an assignment's occurred_at to the start of its attempt on the executor, by "
+    "hardware class.",
+    ["hardware"],
+    buckets=LATENCY_BUCKETS,
+)
+ATTEMPTS = Counter(
+    "streamsched_attempt_outcomes_total",
+    "Attempts ended on executors, by outcome (completed, failed, preempted, cancelled, "
+    "lost) and hardware class.",
+    ["outcome", "hardware"],
+)
+EXECUTOR_RUNNING = Gauge(
+    "streamsched_executor_running_attempts", "Attempts this executor runs now.", ["hardware"]
+)
+HEARTBEATS = Counter(
+    "streamsched_heartbeats_sent_total", "Heartbeats published by this executor.", ["hardware"]
+)
+
+# --------------------------------------------------------------------- stream processor
+TASK_OUTCOMES = Counter(
+    "streamsched_task_outcomes_total",
+    "Tasks that reached a terminal state, by state (succeeded, failed, cancelled, "
+    "rejected) and hardware class of the last attempt ('' if it never ran).",
+    ["state", "hardware"],
+)
+FORECAST_ERROR = Histogram(
+    "streamsched_forecast_error_seconds",
+    "Absolute runtime forecast error |predicted - actual| of completed attempts, by "
+    "hardware class.",
+    ["hardware"],
+    buckets=(1, 10, 60, 300, 900, 1800, 3600, 7200, 21600, 86400, 259200),
+)
+FORECAST_RELATIVE_ERROR = Histogram(
+    "streamsched_forecast_relative_error_ratio",
+    "Relative runtime forecast error |predicted - actual| / actual of completed attempts.",
+    ["hardware"],
+    buckets=RATIO_BUCKETS,
+)
+TRIGGERS_FIRED = Counter(
+    "streamsched_triggers_fired_total",
+    "Submissions made by data-ingested trigger rules.",
+    ["rule"],
+)
+DATA_INGESTED_BYTES = Counter(
+    "streamsched_data_ingested_bytes_total", "Bytes announced by data.ingested events."
+)
+
+# --------------------------------------------------------------------- every consumer
+CONSUMER_LAG = Gauge(
+    "streamsched_consumer_lag_messages",
+    "Records between a consumer's position and the partition's high watermark, summed over "
+    "the partitions it reads, by component and topic. On the embedded broker the high "
+    "watermark of batched writes is understated, so lag reads low there.",
+    ["component", "topic"],
+)
+EVENTS_CONSUMED = Counter(
+    "streamsched_events_consumed_total",
+    "Records read, by component and topic.",
+    ["component", "topic"],
+)
+DEAD_LETTERED = Counter(
+    "streamsched_dead_lettered_total",
+    "Records copied to sched.deadletter because they could not be decoded, by component "
+    "and source topic.",
+    ["component", "topic"],
+)
+
+
+def serve(port: int = 0, addr: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> int:
+    """Serve ``registry`` at ``http://addr:port/metrics`` from a daemon thread; return the
+    port actually bound (``port=0`` picks a free one). Raises OSError if it is taken."""
+    server, _thread = _start_http_server(port, addr=addr, registry=registry)
+    bound = int(server.server_port)
+    logger.info("metrics on http://%s:%d/metrics", addr, bound)
+    return bound
+
+
+def set_consumer_lag(component: str, lags: Iterable[tuple[str, int]]) -> None:
+    """Set :data:`CONSUMER_LAG` from ``(topic, lag)`` pairs, summing per topic."""
+    per_topic: dict[str, int] = {}
+    for topic, lag in lags:
+        per_topic[topic] = per_topic.get(topic, 0) + max(0, lag)
+    for topic, lag in per_topic.items():
+        CONSUMER_LAG.labels(component, topic).set(lag)
+
+
+__all__ = [
+    "ASSIGNED_TO_STARTED",
+    "ASSIGNMENTS",
+    "ATTEMPTS",
+    "BUILD",
+    "COMPONENTS",
+    "CONSUMER_LAG",
+    "DATA_INGESTED_BYTES",
+    "DEAD_LETTERED",
+    "DECISIONS",
+    "DECISION_LATENCY",
+    "EVENTS_CONSUMED",
+    "EXECUTOR_RUNNING",
+    "FORECAST_ERROR",
+    "FORECAST_RELATIVE_ERROR",
+    "HEARTBEATS",
+    "QUEUED_TASKS",
+    "QUEUE_DEPTH",
+    "REASSIGNMENTS",
+    "RUNNING_TASKS",
+    "SUBMISSIONS",
+    "SUBMIT_TO_ASSIGNED",
+    "TASK_OUTCOMES",
+    "TRIGGERS_FIRED",
+    "serve",
+    "set_consumer_lag",
+]
