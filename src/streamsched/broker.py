@@ -46,9 +46,9 @@ def client_config(bootstrap_servers: str, settings: KafkaSettings | None = None)
     return {"bootstrap.servers": bootstrap_servers, **extra}
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the broker gets SIGTERM if the process that started it dies, so an aborted
-    run never leaves an orphan broker behind."""
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """``preexec_fn`` for children: on Linux the child gets SIGTERM if the process that
+    started it dies, so an aborted run never leaves an orphan (broker, agent) behind."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -101,7 +101,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # the child only sets its death signal, then execs
+            preexec_fn=die_with_parent,  # the child only sets its death signal, then execs
         )
         deadline = time.monotonic() + self.startup_timeout_s
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})

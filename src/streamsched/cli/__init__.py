@@ -13,7 +13,7 @@ import typer
 
 from streamsched import __version__
 
-from . import bench, executor_cmd, live, schemas_cmd, tasks_cmd
+from . import bench, executor_cmd, live, schemas_cmd, tasks_cmd, up_cmd
 from ._common import stdout_console
 from .simulate import SimulateArgs, run_simulate, simulate
 
@@ -34,6 +34,7 @@ app.command("placement")(live.placement)
 app.command("broker")(live.broker)
 app.command("submit")(tasks_cmd.submit)
 app.command("cancel")(tasks_cmd.cancel)
+app.command("up")(up_cmd.up)
 
 #: What ``streamsched demo`` (and ``make demo``) runs.
 DEMO = SimulateArgs(trace="gavel:sample", cluster="v100=4,p100=4,k80=4", policy="all")
