@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/streamsched demo
+	$(BIN)/streamsched up
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

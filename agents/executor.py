@@ -17,16 +17,30 @@ Wire contract (see :mod:`streamsched.agents.partitioning`):
   skipped; it never stops the agent.
 - Every lifecycle event the runner reports goes to ``sched.tasks.events``, key = task id,
   header ``type`` = the event type.
+  Terminal events (and ``task.lost``) are reported synchronously: :meth:`ExecutorAgent.report`
+  returns once the broker acknowledged them, and raises otherwise, so an attempt is
+  journaled as ended only when the scheduler can learn its outcome.
+- Restart reconciliation: the runner journals attempts in
+  ``<log_dir>/executor-<node_id>.journal.jsonl`` (:mod:`streamsched.agents.journal`).
+  Before consuming, :meth:`ExecutorAgent.run` reports every attempt a previous run left
+  unfinished as ``task.lost`` (their assignments will not be redelivered: the offsets are
+  committed). On stop, running attempts end with ``task.lost`` too (the scheduler re-queues
+  them; ``task.cancelled`` would be ignored, since it confirms a cancel the core asked for).
 - A heartbeat thread publishes :class:`NodeHeartbeat` to ``sched.nodes.heartbeats``
-  (key = node id) at once (this registers the node) and then every
-  ``heartbeat_interval_s``. ``usage.gpus`` counts the distinct GPUs used by running
-  attempts; CPU and memory usage are reported as 0 (assignments do not carry them yet).
+  (key = node id) once the journal is reconciled (this registers the node) and then every
+  ``heartbeat_interval_s``. ``running`` lists the runner's attempts; ``usage.gpus`` counts
+  the distinct GPUs they use; CPU and memory usage are reported as 0 (assignments do not
+  carry them yet).
+- Metrics (:mod:`streamsched.metrics`, served by ``streamsched executor --metrics-port``):
+  assigned-to-started latency, attempt outcomes, running attempts, heartbeats sent, and
+  the consumer's lag and records read (``component="executor"``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +49,10 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamsched import metrics
+from streamsched.agents.journal import AttemptKey, journal_path
 from streamsched.agents.partitioning import ASSIGNMENT_PARTITIONS, partition_for
-from streamsched.agents.runner import AttemptKey, AttemptRunner, LifecycleEvent
+from streamsched.agents.runner import AttemptRunner, LifecycleEvent, replay_runtime_s
 from streamsched.broker import ensure_topics
 from streamsched.scheduler.model import NodeSpec
 from streamsched.schemas import codec
@@ -57,6 +73,18 @@ EVENT_TOPIC_PARTITIONS = 4
 POLL_TIMEOUT_S = 0.2
 #: How long the final flush may take on stop.
 FLUSH_TIMEOUT_S = 10.0
+#: How long a terminal event may take to be acknowledged before report() gives up.
+DELIVERY_TIMEOUT_S = 30.0
+#: Seconds between two consumer-lag measurements.
+LAG_INTERVAL_S = 5.0
+#: The ``component`` label of this agent's metrics.
+COMPONENT = "executor"
+#: Event types that are not the end of an attempt.
+_NON_TERMINAL = ("task.started", "task.progress")
+
+
+class ReportError(RuntimeError):
+    """A lifecycle event could not be delivered to ``sched.tasks.events``."""
 
 
 def _utc_now() -> datetime:
@@ -70,10 +98,17 @@ class ExecutorAgent:
     ``runner`` defaults to an :class:`AttemptRunner` writing attempt logs to ``log_dir``
     and reporting to :meth:`report`; a runner passed in must report to :meth:`report` too
     (e.g. ``AttemptRunner(log_dir, node_id, report=lambda e: agent.report(e))``).
-    ``replay_speedup`` switches to replay mode: no process is run, each attempt lasts
-    ``predicted_runtime_s / replay_speedup`` wall seconds.
+    ``replay_speedup`` switches to replay mode: no process is run, each attempt lasts its
+    true runtime on this node's hardware (:func:`~streamsched.agents.runner.replay_runtime_s`)
+    divided by ``replay_speedup`` wall seconds. ``progress_poll_s`` and
+    ``progress_interval_s`` go to the default runner (see :class:`AttemptRunner`).
 
-    Raises ValueError for a node or setting the wire format cannot carry.
+    The default runner journals attempts in :func:`journal_path` ``(log_dir, node id)``,
+    opened (and locked) here and closed when :meth:`run` returns or by :meth:`close`.
+
+    Raises ValueError for a node or setting the wire format cannot carry,
+    :class:`~streamsched.agents.journal.JournalBusyError` (a ValueError) when another
+    executor holds the journal, OSError when the log directory is not writable.
     """
 
     def __init__(
@@ -84,6 +119,8 @@ class ExecutorAgent:
         log_dir: Path | str = Path("streamsched-logs"),
         heartbeat_interval_s: float = 2.0,
         replay_speedup: float | None = None,
+        progress_poll_s: float = 1.0,
+        progress_interval_s: float = 5.0,
     ) -> None:
         if heartbeat_interval_s <= 0:
             raise ValueError(f"heartbeat interval must be positive, got {heartbeat_interval_s}")
@@ -102,17 +139,38 @@ class ExecutorAgent:
         self._assignments: dict[AttemptKey, Assignment] = {}
         self._sequence = 0
         self._heartbeat(0, [])  # validates node id, hardware, capacity and labels now
-        self.runner = runner or AttemptRunner(Path(log_dir), node.node_id, report=self.report)
+        if runner is None:
+            runner = AttemptRunner(
+                Path(log_dir),
+                node.node_id,
+                report=self.report,
+                progress_poll_s=progress_poll_s,
+                progress_interval_s=progress_interval_s,
+            )
+            runner.open_journal(journal_path(log_dir, node.node_id))
+        self.runner = runner
+        self._lag_due = 0.0
+
+    def close(self) -> None:
+        """Release the journal without running (:meth:`run` does this when it returns)."""
+        self.runner.close_journal()
 
     # ------------------------------------------------------------------ main loop
 
     def run(self, stop: threading.Event) -> None:
-        """Consume and run assignments until ``stop`` is set; then cancel running attempts,
-        flush the reports and close every client before returning.
+        """Report the attempts a previous run left unfinished as lost, then consume and run
+        assignments until ``stop`` is set; then stop running attempts (each reports
+        ``task.lost``), flush the reports, close every client and the journal.
 
         Raises :class:`~streamsched.broker.BrokerError` or ``KafkaException`` when the
         cluster cannot be reached or the topics cannot be created.
         """
+        try:
+            self._run(stop)
+        finally:
+            self.runner.close_journal()
+
+    def _run(self, stop: threading.Event) -> None:
         ensure_topics(
             self.config,
             {
@@ -140,6 +198,9 @@ class ExecutorAgent:
             target=self._heartbeats, args=(beats_stop,), name="heartbeats", daemon=True
         )
         try:
+            lost = self.runner.recover()
+            if lost:
+                logger.warning("reported %d attempt(s) of a previous run as lost", len(lost))
             consumer.assign([TopicPartition(self.topic, self.partition)])
             logger.info(
                 "executor %s (%s) reading %s partition %d of %d",
@@ -151,12 +212,14 @@ class ExecutorAgent:
             )
             beats.start()
             while not stop.is_set():
+                self._measure_lag(consumer)
                 msg = consumer.poll(POLL_TIMEOUT_S)
                 if msg is None:
                     continue
                 if msg.error() is not None:
                     self._consumer_error(msg)
                     continue
+                metrics.EVENTS_CONSUMED.labels(COMPONENT, self.topic).inc()
                 self._handle(msg)
                 self._commit(consumer, msg)
         finally:
@@ -184,6 +247,23 @@ class ExecutorAgent:
                 count,
             )
         return count or ASSIGNMENT_PARTITIONS
+
+    def _measure_lag(self, consumer: Consumer) -> None:
+        """Set the consumer-lag gauge, at most every :data:`LAG_INTERVAL_S` (it asks the
+        broker for the high watermark)."""
+        now = time.monotonic()
+        if now < self._lag_due or self.partition is None:
+            return
+        self._lag_due = now + LAG_INTERVAL_S
+        partition = TopicPartition(self.topic, self.partition)
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=1.0, cached=False)
+            (position,) = consumer.position([partition])
+        except KafkaException as exc:
+            logger.debug("cannot measure consumer lag: %s", exc)
+            return
+        offset = position.offset if position.offset >= 0 else low
+        metrics.set_consumer_lag(COMPONENT, [(self.topic, high - offset)])
 
     def _handle(self, msg: Message) -> None:
         """Start the attempt of one record, or log why it is skipped."""
@@ -218,12 +298,13 @@ class ExecutorAgent:
         try:
             if self.replay_speedup is None:
                 self.runner.start(assignment)
-            else:
-                self.runner.start(
-                    assignment,
-                    replay_runtime_s=assignment.predicted_runtime_s,
-                    speedup=self.replay_speedup,
-                )
+                return
+            try:
+                runtime_s = replay_runtime_s(assignment, self.node.hardware)
+            except ValueError as exc:
+                self.runner.fail_unstarted(assignment, str(exc))
+                return
+            self.runner.start(assignment, replay_runtime_s=runtime_s, speedup=self.replay_speedup)
         except Exception:
             logger.exception("could not start %s attempt %d (%s)", *key, where)
 
@@ -259,18 +340,49 @@ class ExecutorAgent:
 
     def report(self, event: LifecycleEvent) -> None:
         """Publish a lifecycle event to ``sched.tasks.events`` (thread-safe; the runner's
-        report callback)."""
-        if event.type not in ("task.started", "task.progress"):
-            with self._lock:
-                self._assignments.pop((event.task_id, event.attempt), None)
-        self._produce(TASK_EVENTS, event.task_id, codec.encode(event), event.type)
+        report callback) and record its metrics.
 
-    def _produce(self, topic: str, key: str, value: bytes, event_type: str) -> None:
+        An attempt's terminal event is sent synchronously: this returns once the broker
+        acknowledged it and raises :class:`ReportError` if it was not delivered within
+        :data:`DELIVERY_TIMEOUT_S` (or the agent is not running). Other events are sent
+        asynchronously (a failure is logged).
+        """
+        terminal = event.type not in _NON_TERMINAL
+        self._record_metrics(event, terminal)
+        delivered = self._produce(
+            TASK_EVENTS, event.task_id, codec.encode(event), event.type, wait=terminal
+        )
+        if terminal and not delivered:
+            raise ReportError(
+                f"{event.type} of {event.task_id} attempt {event.attempt} was not delivered "
+                f"to {TASK_EVENTS}"
+            )
+
+    def _record_metrics(self, event: LifecycleEvent, terminal: bool) -> None:
+        hardware = self.node.hardware
+        key = (event.task_id, event.attempt)
+        with self._lock:
+            assignment = (
+                self._assignments.pop(key, None) if terminal else self._assignments.get(key)
+            )
+        if event.type == "task.started" and assignment is not None:
+            waited = (event.occurred_at - assignment.occurred_at).total_seconds()
+            metrics.ASSIGNED_TO_STARTED.labels(hardware).observe(max(0.0, waited))
+        if terminal:
+            metrics.ATTEMPTS.labels(event.type.removeprefix("task."), hardware).inc()
+        metrics.EXECUTOR_RUNNING.labels(hardware).set(len(self.runner.running()))
+
+    def _produce(
+        self, topic: str, key: str, value: bytes, event_type: str, wait: bool = False
+    ) -> bool:
+        """Queue a record; with ``wait``, serve deliveries until the broker acknowledged it.
+        Returns False when it was dropped or (with ``wait``) not acknowledged in time."""
         with self._lock:
             producer = self._producer
         if producer is None:
             logger.warning("dropping %s for %s: the agent is not running", event_type, key)
-            return
+            return False
+        outcome = _Delivery()
         for _ in range(3):
             try:
                 producer.produce(
@@ -278,14 +390,21 @@ class ExecutorAgent:
                     value,
                     key=key.encode("utf-8"),
                     headers={"type": event_type},
-                    on_delivery=_log_delivery,
+                    on_delivery=outcome,
                 )
                 break
             except BufferError:  # local queue full: serve deliveries, retry
                 producer.poll(0.5)
         else:
             logger.error("dropping %s for %s: producer queue full", event_type, key)
+            return False
         producer.poll(0)
+        if not wait:
+            return True
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while not outcome.done.is_set() and time.monotonic() < deadline:
+            producer.poll(0.05)
+        return outcome.done.is_set() and outcome.error is None
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -330,15 +449,26 @@ class ExecutorAgent:
             try:
                 beat = self.heartbeat()
                 self._produce(NODE_HEARTBEATS, self.node.node_id, codec.encode(beat), beat.type)
+                metrics.HEARTBEATS.labels(self.node.hardware).inc()
+                metrics.EXECUTOR_RUNNING.labels(self.node.hardware).set(len(beat.running))
             except Exception:
                 logger.exception("heartbeat failed")
             if stop.wait(self.heartbeat_interval_s):
                 return
 
 
-def _log_delivery(error: KafkaError | None, msg: Message) -> None:
-    if error is not None:
-        logger.error("delivery to %s failed: %s", msg.topic(), error)
+class _Delivery:
+    """A delivery callback that logs a failure and records the outcome of one record."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: KafkaError | None = None
+
+    def __call__(self, error: KafkaError | None, msg: Message) -> None:
+        if error is not None:
+            logger.error("delivery to %s failed: %s", msg.topic(), error)
+        self.error = error
+        self.done.set()
 
 
-__all__ = ["EVENT_TOPIC_PARTITIONS", "ExecutorAgent"]
+__all__ = ["EVENT_TOPIC_PARTITIONS", "ExecutorAgent", "ReportError"]

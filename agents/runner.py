@@ -2,8 +2,9 @@
 
 This is the part of the executor agent that owns processes; it knows nothing of Kafka. The
 agent hands it :class:`~streamsched.schemas.decisions.Assignment` objects and forwards the
-lifecycle events it reports (``TaskStarted``, then exactly one of ``TaskCompleted``,
-``TaskFailed``, ``TaskPreempted`` or ``TaskCancelled``) to ``sched.tasks.events``.
+lifecycle events it reports (``TaskStarted``, any number of ``TaskProgress``, then exactly
+one of ``TaskCompleted``, ``TaskFailed``, ``TaskPreempted``, ``TaskCancelled`` or
+``TaskLost``) to ``sched.tasks.events``. docs/executor.md is the user-facing contract.
 
 Two modes:
 
@@ -12,37 +13,61 @@ Two modes:
   per attempt, ``<log_dir>/<task_id>.<attempt>.log``.
 - **replay**: no process; the attempt "runs" for ``replay_runtime_s / speedup`` wall seconds
   (an empty command without a replay runtime runs for ``predicted_runtime_s / speedup``).
+  :func:`replay_runtime_s` computes the trace seconds an attempt lasts from the
+  assignment's ``STREAMSCHED_REPLAY_RUNTIMES``.
 
 One thread per attempt reports ``TaskStarted``, waits for the end and reports the single
 terminal event, so "exactly one terminal report per attempt" holds by construction. A stop
-(:meth:`AttemptRunner.preempt`, :meth:`AttemptRunner.cancel`) only records why and signals;
-the attempt's thread reports the stop once the process is gone.
+(:meth:`AttemptRunner.preempt`, :meth:`AttemptRunner.cancel`,
+:meth:`AttemptRunner.stop_all`) only records why and signals; the attempt's thread reports
+the stop once the process is gone. :meth:`AttemptRunner.stop_all` (the executor shutting
+down) ends each attempt with ``TaskLost``, so the scheduler re-queues the task.
+
+Progress (whole-task fractions: ``resume + (1 - resume) * fraction of this attempt``):
+
+- real mode: the task may write its own fraction done, a number in [0, 1], into the file
+  named by ``STREAMSCHED_PROGRESS_FILE`` (``<log_dir>/<task_id>.<attempt>.progress``). A
+  watcher thread reads it every ``progress_poll_s`` and reports a changed value at most
+  once per ``progress_interval_s``; anything else in the file is ignored with one warning
+  line in the attempt log per distinct content.
+- replay mode: the fraction is elapsed / duration, reported every ``progress_interval_s``.
+
+``TaskPreempted.progress`` is the latest whole-task progress (read once more after the
+process exited, so a value written on SIGTERM counts); a shutdown reports the latest
+progress as ``TaskProgress`` before ``TaskLost`` (the scheduler keeps reported progress).
+
+Restart reconciliation: with :meth:`AttemptRunner.open_journal` the runner records every
+attempt in an :class:`~streamsched.agents.journal.AttemptJournal` (``started`` before the
+process is spawned, its pid once it runs, ``ended`` once the terminal event was reported
+without error). :meth:`AttemptRunner.recover` reports each attempt a previous run left
+unfinished as ``TaskLost`` (after its last progress, and after killing its orphaned process
+group if that still runs) and marks it ended. Attempts the journal shows as ended are
+remembered, so their redelivered assignments are ignored after a restart too.
 
 Assignments are delivered at least once: starting an attempt that is running, or that this
 runner already finished, is ignored.
-
-Progress: ``TaskPreempted.progress`` is the assignment's ``resume_progress`` (what earlier
-attempts achieved). Reading checkpoint progress from the task's own reports (e.g. a
-``STREAMSCHED_PROGRESS 0.42`` line on stdout) and emitting ``TaskProgress`` is left to a
-later piece.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import signal
 import subprocess
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
+from urllib.parse import quote
 
+from streamsched.agents.journal import AttemptJournal, AttemptKey, JournalEntry
 from streamsched.schemas.decisions import Assignment
 from streamsched.schemas.lifecycle import (
     AttemptEvent,
@@ -67,15 +92,27 @@ LifecycleEvent: TypeAlias = (
     | TaskCancelled
     | TaskLost
 )
-#: (task id, attempt): identifies one attempt.
-AttemptKey: TypeAlias = tuple[str, int]
-StopReason: TypeAlias = Literal["preempt", "cancel"]
+StopReason: TypeAlias = Literal["preempt", "cancel", "shutdown"]
 _E = TypeVar("_E", bound=AttemptEvent)
 
 #: How many finished attempts are remembered to ignore redelivered assignments.
 FINISHED_MEMORY = 10_000
 #: Extra seconds :meth:`AttemptRunner.stop_all` waits for each thread beyond the grace.
 JOIN_SLACK_S = 5.0
+#: Environment variable naming the attempt's progress file.
+PROGRESS_FILE_ENV = "STREAMSCHED_PROGRESS_FILE"
+#: Submission env: true runtimes per hardware class for replay mode (JSON object).
+REPLAY_RUNTIMES_ENV = "STREAMSCHED_REPLAY_RUNTIMES"
+#: Submission env: trace seconds a resumed replay attempt pays before resuming.
+REPLAY_RESTART_OVERHEAD_ENV = "STREAMSCHED_REPLAY_RESTART_OVERHEAD_S"
+#: A progress file longer than this is not a number.
+MAX_PROGRESS_BYTES = 64
+#: Reason of the ``TaskLost`` a shutdown reports.
+SHUTDOWN_REASON = "executor shutting down; the attempt was stopped and must run again"
+#: Reason of the ``TaskLost`` that :meth:`AttemptRunner.recover` reports.
+RESTART_REASON = "executor restarted; the attempt's process was lost"
+#: How often :meth:`AttemptRunner.recover` checks whether orphaned processes exited.
+_ORPHAN_POLL_S = 0.05
 
 
 def _utc_now() -> datetime:
@@ -95,11 +132,33 @@ class _Attempt:
     stop_detail: str | None = None
     exited: bool = False  # the process is gone (a zombie at most): no more signals
     stopped: threading.Event = field(default_factory=threading.Event)  # wakes replay
+    done: threading.Event = field(default_factory=threading.Event)  # the process exited
     kill_timer: threading.Timer | None = None
     thread: threading.Thread | None = None
+    progress_file: Path | None = None
+    fraction: float | None = None  # this attempt's own fraction done, latest known
+    reported: float | None = None  # last whole-task progress reported
+    reported_s: float = -math.inf  # monotonic time of that report
+    bad_progress: str | None = None  # last garbage seen in the progress file
+
+    @property
+    def key(self) -> AttemptKey:
+        return (self.assignment.task_id, self.assignment.attempt)
+
+    def whole_progress(self) -> float:
+        """Fraction of the whole task done: earlier attempts plus this one's share."""
+        return whole_progress(self.assignment.resume_progress, self.fraction or 0.0)
 
 
-def attempt_env(assignment: Assignment, node_id: str) -> dict[str, str]:
+def whole_progress(resume_progress: float, fraction: float) -> float:
+    """``resume + (1 - resume) * fraction``, clamped to [0, 1]."""
+    value = resume_progress + (1.0 - resume_progress) * fraction
+    return float(min(1.0, max(0.0, value)))
+
+
+def attempt_env(
+    assignment: Assignment, node_id: str, progress_file: Path | None = None
+) -> dict[str, str]:
     """The environment of an attempt's process: the executor's own environment, then the
     assignment's ``env``, then the runner's variables (which the assignment cannot override).
     """
@@ -114,16 +173,84 @@ def attempt_env(assignment: Assignment, node_id: str) -> dict[str, str]:
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in assignment.gpu_indices),
         }
     )
+    if progress_file is not None:
+        env[PROGRESS_FILE_ENV] = str(progress_file)
     return env
+
+
+def replay_runtime_s(assignment: Assignment, hardware: str) -> float:
+    """Trace seconds the attempt of ``assignment`` lasts in replay mode on ``hardware``.
+
+    The whole task's true runtime is the entry for ``hardware`` in the assignment env's
+    ``STREAMSCHED_REPLAY_RUNTIMES`` (a JSON object ``{hardware class: seconds}``), else its
+    ``"*"`` entry; the attempt does the remaining ``1 - resume_progress`` of it, plus
+    ``STREAMSCHED_REPLAY_RESTART_OVERHEAD_S`` when resuming (default 0). Without a
+    matching entry it lasts ``predicted_runtime_s`` (which already covers only the
+    remaining work). Raises ValueError naming the variable when either is malformed.
+    """
+    env = assignment.env
+    resume = assignment.resume_progress
+    overhead = _restart_overhead_s(env.get(REPLAY_RESTART_OVERHEAD_ENV)) if resume > 0 else 0.0
+    runtimes = _replay_runtimes(env.get(REPLAY_RUNTIMES_ENV))
+    true_s = runtimes.get(hardware, runtimes.get("*"))
+    if true_s is None:
+        return assignment.predicted_runtime_s + overhead
+    return (1.0 - resume) * true_s + overhead
+
+
+def _replay_runtimes(raw: str | None) -> dict[str, float]:
+    """The parsed ``STREAMSCHED_REPLAY_RUNTIMES`` (empty when unset); ValueError if bad."""
+    if raw is None:
+        return {}
+    example = '{"gpu-v100": 3600.0, "gpu-k80": 9000.0, "*": 5000.0}'
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(
+            f"{REPLAY_RUNTIMES_ENV} is not valid JSON ({exc}); e.g. {example}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{REPLAY_RUNTIMES_ENV} must be a JSON object of hardware class -> seconds, "
+            f"e.g. {example}; got {raw[:80]!r}"
+        )
+    out: dict[str, float] = {}
+    for name, value in data.items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"{REPLAY_RUNTIMES_ENV}[{name!r}] = {value!r}: must be a positive number of seconds"
+            )
+        out[name] = float(value)
+    return out
+
+
+def _restart_overhead_s(raw: str | None) -> float:
+    """The parsed ``STREAMSCHED_REPLAY_RESTART_OVERHEAD_S`` (0 when unset)."""
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{REPLAY_RESTART_OVERHEAD_ENV}={raw[:80]!r}: must be a number of seconds >= 0"
+        )
+    return value
 
 
 class AttemptRunner:
     """Runs attempts of tasks on node ``node_id`` and reports their lifecycle to ``report``.
 
     ``report`` is called from the runner's threads (and from :meth:`start` when a command
-    cannot be started); it must be thread-safe. ``clock`` stamps ``occurred_at``; durations
+    cannot be started); it must be thread-safe. It may raise to say the event was not
+    delivered: a terminal event that raised leaves the attempt unfinished in the journal,
+    so a restarted executor reports it lost. ``clock`` stamps ``occurred_at``; durations
     are measured with a monotonic clock. ``grace_s`` is how long a stopped process may take
-    to exit after SIGTERM before its process group gets SIGKILL.
+    to exit after SIGTERM before its process group gets SIGKILL. ``progress_poll_s`` is how
+    often a progress file is read, ``progress_interval_s`` the least time between two
+    progress reports of one attempt (and the replay reporting period).
     """
 
     def __init__(
@@ -133,16 +260,71 @@ class AttemptRunner:
         report: Callable[[LifecycleEvent], None],
         clock: Callable[[], datetime] = _utc_now,
         grace_s: float = 10.0,
+        progress_poll_s: float = 1.0,
+        progress_interval_s: float = 5.0,
     ) -> None:
+        if not progress_poll_s > 0 or not progress_interval_s > 0:
+            raise ValueError(
+                "progress poll and report intervals must be positive, got "
+                f"{progress_poll_s} and {progress_interval_s}"
+            )
         self.log_dir = Path(log_dir)
         self.node_id = node_id
         self.source = f"executor:{node_id}"
         self.grace_s = grace_s
+        self.progress_poll_s = progress_poll_s
+        self.progress_interval_s = progress_interval_s
         self._report = report
         self._clock = clock
         self._lock = threading.Lock()
         self._attempts: dict[AttemptKey, _Attempt] = {}
         self._finished: OrderedDict[AttemptKey, None] = OrderedDict()
+        self.journal: AttemptJournal | None = None
+
+    # ------------------------------------------------------------------ journal
+
+    def open_journal(self, path: Path) -> AttemptJournal:
+        """Open (and lock) the journal at ``path`` and record every attempt in it from now
+        on; its ended attempts count as finished here. Raises
+        :class:`~streamsched.agents.journal.JournalBusyError` or OSError."""
+        journal = AttemptJournal(path)
+        with self._lock:
+            self.journal = journal
+            for key in journal.ended_keys():
+                self._remember_finished(key)
+        return journal
+
+    def close_journal(self) -> None:
+        """Close the journal (releasing its lock); later attempts are not recorded."""
+        with self._lock:
+            journal, self.journal = self.journal, None
+        if journal is not None:
+            journal.close()
+
+    def recover(self, reason: str = RESTART_REASON) -> list[AttemptKey]:
+        """Report every attempt the journal shows unfinished as ``TaskLost(reason)`` and
+        mark it ended; return their keys.
+
+        Their orphaned process groups (a verified pid only) get SIGTERM, then SIGKILL after
+        ``grace_s``; a value in the progress file is reported as ``TaskProgress`` first.
+        An attempt whose report raised stays unfinished (reported again next time).
+        """
+        journal = self.journal
+        if journal is None:
+            return []
+        entries = journal.unfinished()
+        _stop_orphans(entries, self.grace_s)
+        for entry in entries:
+            with self._lock:
+                self._remember_finished(entry.key)
+            fraction = self._read_fraction(entry.key, entry.progress_file, None)
+            if fraction:
+                progress = whole_progress(entry.resume_progress, fraction)
+                self._emit(self._event(TaskProgress, entry.key, progress=progress))
+            logger.warning("%s attempt %d: reporting it lost (%s)", *entry.key, reason)
+            if self._emit(self._event(TaskLost, entry.key, reason=reason)):
+                journal.ended(entry.key, "lost")
+        return [entry.key for entry in entries]
 
     # ------------------------------------------------------------------ public API
 
@@ -155,9 +337,9 @@ class AttemptRunner:
     ) -> None:
         """Start the attempt of ``assignment``; ignored if it is running or already finished.
 
-        Replay mode when ``replay_runtime_s`` is given or the command is empty. A command
-        that cannot be started is reported as a non-retryable ``TaskFailed`` (no
-        ``TaskStarted``) before this returns.
+        Replay mode when ``replay_runtime_s`` (trace seconds this attempt lasts) is given
+        or the command is empty. A command that cannot be started is reported as a
+        non-retryable ``TaskFailed`` (no ``TaskStarted``) before this returns.
         """
         if speedup <= 0:
             raise ValueError(f"speedup must be positive, got {speedup}")
@@ -176,10 +358,22 @@ class AttemptRunner:
                 )
                 record.thread.start()
         if isinstance(record, TaskFailed):
-            self._emit(record)
+            self._emit_terminal(key, record)
+
+    def fail_unstarted(self, assignment: Assignment, reason: str) -> None:
+        """Report a non-retryable ``TaskFailed`` for an attempt that cannot start (e.g. a
+        malformed replay setting); ignored if the attempt is running or finished."""
+        key = (assignment.task_id, assignment.attempt)
+        with self._lock:
+            if key in self._attempts or key in self._finished:
+                return
+            self._remember_finished(key)
+        logger.warning("%s attempt %d cannot start: %s", *key, reason)
+        self._emit_terminal(key, self._event(TaskFailed, key, reason=reason, retryable=False))
 
     def preempt(self, task_id: str, attempt: int) -> bool:
-        """Stop the attempt to free its resources; it reports ``TaskPreempted``.
+        """Stop the attempt to free its resources; it reports ``TaskPreempted`` with the
+        latest progress.
 
         Returns False if the attempt is not running here. Does not block: the process gets
         SIGTERM now and SIGKILL after ``grace_s`` if it is still alive.
@@ -198,8 +392,9 @@ class AttemptRunner:
         with self._lock:
             return sorted(self._attempts)
 
-    def stop_all(self, reason: str = "executor shutting down") -> None:
-        """Cancel every running attempt and wait until each has reported.
+    def stop_all(self, reason: str = SHUTDOWN_REASON) -> None:
+        """Stop every running attempt and wait until each has reported: its latest
+        progress, then ``TaskLost(reason)`` (the scheduler re-queues the task).
 
         On return every attempt's process has been reaped and its process group sent
         SIGKILL; orphaned grandchildren die asynchronously and are reaped by init.
@@ -207,7 +402,7 @@ class AttemptRunner:
         with self._lock:
             keys = list(self._attempts)
         for key in keys:
-            self._stop(key, "cancel", reason)
+            self._stop(key, "shutdown", reason)
         with self._lock:
             threads = [r.thread for r in self._attempts.values() if r.thread is not None]
         for thread in threads:
@@ -216,28 +411,60 @@ class AttemptRunner:
     # ------------------------------------------------------------------ starting
 
     def log_path(self, task_id: str, attempt: int) -> Path:
-        """The log file of an attempt (stdout and stderr together)."""
-        return self.log_dir / f"{task_id}.{attempt}.log"
+        """The log file of an attempt (stdout and stderr together). Characters of the
+        task id that cannot be in a file name (``/``) are %-escaped."""
+        return self.log_dir / f"{quote(task_id, safe='')}.{attempt}.log"
+
+    def progress_path(self, task_id: str, attempt: int) -> Path:
+        """The progress file of an attempt (``STREAMSCHED_PROGRESS_FILE``)."""
+        return self.log_dir / f"{quote(task_id, safe='')}.{attempt}.progress"
 
     def _new_attempt(
         self, assignment: Assignment, replay_runtime_s: float | None, speedup: float
     ) -> _Attempt | TaskFailed:
-        """A replay attempt, or a real one with its process started (or why it could not)."""
-        if replay_runtime_s is None and assignment.command:
-            process = self._spawn(assignment)
+        """A replay attempt, or a real one with its process started (or why it could not).
+        Call with the lock held: it journals the start."""
+        real = replay_runtime_s is None and bool(assignment.command)
+        progress_file = self.progress_path(assignment.task_id, assignment.attempt)
+        self._journal_started(assignment, progress_file if real else None)
+        if real:
+            process = self._spawn(assignment, progress_file)
             if isinstance(process, TaskFailed):
                 return process
-            return _Attempt(assignment, process)
+            if self.journal is not None:
+                self.journal.process(
+                    (assignment.task_id, assignment.attempt),
+                    process.pid,
+                    process_start_ticks(process.pid),
+                    boot_id(),
+                )
+            return _Attempt(assignment, process, progress_file=progress_file)
         runtime_s = assignment.predicted_runtime_s if replay_runtime_s is None else replay_runtime_s
         return _Attempt(assignment, None, max(runtime_s, 0.0) / speedup, speedup)
 
-    def _spawn(self, assignment: Assignment) -> subprocess.Popen[bytes] | TaskFailed:
+    def _journal_started(self, assignment: Assignment, progress_file: Path | None) -> None:
+        if self.journal is None:
+            return
+        entry = JournalEntry(
+            task_id=assignment.task_id,
+            attempt=assignment.attempt,
+            hardware=assignment.hardware,
+            resume_progress=assignment.resume_progress,
+            started_at=self._clock().isoformat(),
+            progress_file=None if progress_file is None else str(progress_file),
+        )
+        self.journal.started(entry)
+
+    def _spawn(
+        self, assignment: Assignment, progress_file: Path
+    ) -> subprocess.Popen[bytes] | TaskFailed:
         """Start the command in its own session, output to the attempt's log file; a
         ``TaskFailed`` (not retryable) if it cannot be started."""
         path = self.log_path(assignment.task_id, assignment.attempt)
         executable = assignment.command[0]
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            progress_file.unlink(missing_ok=True)  # never read a stale value
             with path.open("ab") as log:
                 try:
                     return subprocess.Popen(
@@ -245,7 +472,7 @@ class AttemptRunner:
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,
-                        env=attempt_env(assignment, self.node_id),
+                        env=attempt_env(assignment, self.node_id, progress_file),
                         start_new_session=True,
                     )
                 except OSError as exc:
@@ -254,20 +481,115 @@ class AttemptRunner:
         except OSError as exc:  # the log itself cannot be written
             reason = f"cannot open log file {path}: {exc.strerror or exc}"
         logger.warning("%s attempt %d: %s", assignment.task_id, assignment.attempt, reason)
-        return self._event(TaskFailed, assignment, reason=reason, retryable=False)
+        key = (assignment.task_id, assignment.attempt)
+        return self._event(TaskFailed, key, reason=reason, retryable=False)
 
     # ------------------------------------------------------------------ running
 
     def _run_attempt(self, record: _Attempt) -> None:
         """The attempt's thread: report started, wait for the end, report the outcome."""
-        self._emit(self._event(TaskStarted, record.assignment))
+        self._emit(self._event(TaskStarted, record.key))
         if record.process is None:
-            record.stopped.wait(record.started_s + record.replay_wall_s - time.monotonic())
+            self._replay(record)
             exit_code = 0
         else:
+            watcher = threading.Thread(
+                target=self._watch_progress, args=(record,), name="progress", daemon=True
+            )
+            watcher.start()
             exit_code = self._wait_process(record)
+            watcher.join()
+            self._poll_progress(record)  # a value written on the way out counts
         elapsed_s = (time.monotonic() - record.started_s) * record.speedup
-        self._emit(self._finish(record, exit_code, elapsed_s))
+        if record.stop_reason == "shutdown":
+            self._report_progress(record, force=True)
+        self._emit_terminal(record.key, self._finish(record, exit_code, elapsed_s))
+
+    def _replay(self, record: _Attempt) -> None:
+        """Wait out a replay attempt, reporting progress every ``progress_interval_s``."""
+        end = record.started_s + record.replay_wall_s
+        while (remaining := end - time.monotonic()) > 0:
+            if record.stopped.wait(min(remaining, self.progress_interval_s)):
+                break
+            if time.monotonic() < end:
+                self._replay_fraction(record)
+                self._report_progress(record, force=True)
+        self._replay_fraction(record)
+
+    def _replay_fraction(self, record: _Attempt) -> None:
+        wall = record.replay_wall_s
+        elapsed = time.monotonic() - record.started_s
+        with self._lock:
+            record.fraction = min(1.0, elapsed / wall) if wall > 0 else 1.0
+
+    def _watch_progress(self, record: _Attempt) -> None:
+        """Read the progress file every ``progress_poll_s`` until the process exits."""
+        while not record.done.wait(self.progress_poll_s):
+            self._poll_progress(record)
+            self._report_progress(record)
+
+    def _poll_progress(self, record: _Attempt) -> None:
+        fraction = self._read_fraction(record.key, record.progress_file, record)
+        if fraction is not None:
+            with self._lock:
+                record.fraction = fraction
+
+    def _read_fraction(
+        self, key: AttemptKey, path: Path | str | None, record: _Attempt | None
+    ) -> float | None:
+        """The number in a progress file, or None when there is none (no file, empty, or
+        garbage: warned about once per distinct content, in the attempt log too)."""
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as file:
+                raw = file.read(MAX_PROGRESS_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raw = f"<unreadable: {exc.strerror or exc}>".encode()
+        text = raw.decode("utf-8", "replace").strip()
+        if not text:
+            return None  # not written yet, or caught between truncate and write
+        try:
+            value = float(text) if len(raw) <= MAX_PROGRESS_BYTES else math.nan
+        except ValueError:
+            value = math.nan
+        if 0.0 <= value <= 1.0:
+            return value
+        self._warn_bad_progress(key, path, text, record)
+        return None
+
+    def _warn_bad_progress(
+        self, key: AttemptKey, path: Path | str, text: str, record: _Attempt | None
+    ) -> None:
+        if record is not None:
+            with self._lock:
+                if record.bad_progress == text:
+                    return
+                record.bad_progress = text
+        message = (
+            f"ignoring progress {text[:MAX_PROGRESS_BYTES]!r} in {path}: "
+            "expected one number in [0, 1] (this attempt's fraction done)"
+        )
+        logger.warning("%s attempt %d: %s", key[0], key[1], message)
+        with contextlib.suppress(OSError), self.log_path(*key).open("a") as log:
+            log.write(f"streamsched: {message}\n")
+
+    def _report_progress(self, record: _Attempt, force: bool = False) -> None:
+        """Report the attempt's whole-task progress if it changed, at most once per
+        ``progress_interval_s`` unless ``force``."""
+        now = time.monotonic()
+        with self._lock:
+            if record.fraction is None:
+                return
+            progress = record.whole_progress()
+            if progress == record.reported:
+                return
+            if not force and now - record.reported_s < self.progress_interval_s:
+                return
+            record.reported, record.reported_s = progress, now
+        self._emit(self._event(TaskProgress, record.key, progress=progress))
 
     def _wait_process(self, record: _Attempt) -> int:
         """Wait for the process to exit, kill what is left of its group, reap it."""
@@ -277,6 +599,7 @@ class AttemptRunner:
         os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
         with self._lock:
             record.exited = True
+            record.done.set()
             if record.kill_timer is not None:
                 record.kill_timer.cancel()
             _signal_group(process.pid, signal.SIGKILL)  # stragglers of the task
@@ -284,21 +607,23 @@ class AttemptRunner:
 
     def _finish(self, record: _Attempt, exit_code: int, runtime_s: float) -> LifecycleEvent:
         """Forget the attempt and build its single terminal event."""
-        assignment = record.assignment
-        key = (assignment.task_id, assignment.attempt)
+        key = record.key
         with self._lock:
             self._attempts.pop(key, None)
             self._remember_finished(key)
             reason, detail = record.stop_reason, record.stop_detail
+            progress = record.whole_progress()
         if reason == "preempt":
-            return self._event(TaskPreempted, assignment, progress=assignment.resume_progress)
+            return self._event(TaskPreempted, key, progress=progress)
         if reason == "cancel":
-            return self._event(TaskCancelled, assignment, reason=detail or None)
+            return self._event(TaskCancelled, key, reason=detail or None)
+        if reason == "shutdown":
+            return self._event(TaskLost, key, reason=detail or SHUTDOWN_REASON)
         if exit_code == 0:
-            return self._event(TaskCompleted, assignment, runtime_s=runtime_s)
+            return self._event(TaskCompleted, key, runtime_s=runtime_s)
         return self._event(
             TaskFailed,
-            assignment,
+            key,
             reason=_describe_exit(exit_code),
             exit_code=exit_code,
             retryable=True,
@@ -342,25 +667,34 @@ class AttemptRunner:
         while len(self._finished) > FINISHED_MEMORY:
             self._finished.popitem(last=False)
 
-    def _event(self, kind: type[_E], assignment: Assignment, **fields: object) -> _E:
-        """A lifecycle event about ``assignment``'s attempt on this node, stamped now."""
+    def _event(self, kind: type[_E], key: AttemptKey, **fields: object) -> _E:
+        """A lifecycle event about attempt ``key`` on this node, stamped now."""
         return kind.model_validate(
             {
                 "occurred_at": self._clock(),
                 "source": self.source,
-                "task_id": assignment.task_id,
-                "attempt": assignment.attempt,
+                "task_id": key[0],
+                "attempt": key[1],
                 "node_id": self.node_id,
                 **fields,
             }
         )
 
-    def _emit(self, event: LifecycleEvent) -> None:
-        """Hand ``event`` to the report callback; a failing callback is logged, not raised."""
+    def _emit(self, event: LifecycleEvent) -> bool:
+        """Hand ``event`` to the report callback; a failing callback is logged, not raised.
+        True when the callback returned normally."""
         try:
             self._report(event)
         except Exception:
             logger.exception("report callback failed for %s", event.type)
+            return False
+        return True
+
+    def _emit_terminal(self, key: AttemptKey, event: LifecycleEvent) -> None:
+        """Report an attempt's terminal event; journal it as ended once reported."""
+        journal = self.journal
+        if self._emit(event) and journal is not None:
+            journal.ended(key, event.type.removeprefix("task."))
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
@@ -378,3 +712,56 @@ def _describe_exit(exit_code: int) -> str:
             name = f"signal {-exit_code}"
         return f"exit code {exit_code} (killed by {name})"
     return f"exit code {exit_code}"
+
+
+# ---------------------------------------------------------------------- orphans
+def process_start_ticks(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot, from /proc), or None
+    when it is gone or /proc is unavailable. Together with :func:`boot_id` it tells a
+    process apart from a later one that reused its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None  # a zombie: already dead
+    return int(fields[19])  # field 22 of stat(5); fields here start at field 3
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux), or None."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _is_same_process(entry: JournalEntry) -> bool:
+    """True when the journal's pid still names the process the attempt started."""
+    if entry.pid is None or entry.pid_start is None:
+        return False
+    if entry.boot_id is not None and entry.boot_id != boot_id():
+        return False
+    return process_start_ticks(entry.pid) == entry.pid_start
+
+
+def _stop_orphans(entries: Iterable[JournalEntry], grace_s: float) -> None:
+    """SIGTERM the process groups of lost attempts that still run, SIGKILL the groups
+    once their leaders exited or after ``grace_s``. Only groups whose leader's pid was
+    verified by its start time are signalled."""
+    orphans = [e for e in entries if _is_same_process(e)]
+    for entry in orphans:
+        assert entry.pid is not None
+        logger.warning(
+            "%s attempt %d: stopping its orphaned process group %d", *entry.key, entry.pid
+        )
+        _signal_group(entry.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    alive = orphans
+    while alive and time.monotonic() < deadline:
+        time.sleep(_ORPHAN_POLL_S)
+        alive = [e for e in alive if _is_same_process(e)]
+    for entry in orphans:  # the leaders, and whatever of their groups outlived them
+        assert entry.pid is not None
+        _signal_group(entry.pid, signal.SIGKILL)

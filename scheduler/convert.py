@@ -23,7 +23,9 @@ Core -> wire (:func:`wire_from_instruction`)
     replays the same inputs re-makes the same decisions and republishes the same event ids,
     which consumers deduplicate (at-least-once delivery). This relies on decision ids being
     unique per core state: a placement agent that restarts *without* replaying its inputs
-    must use a fresh ``CoreConfig.decision_prefix``.
+    must use a fresh ``CoreConfig.decision_prefix``. The audit of a preemption that stops
+    attempt ``a`` of task ``v`` is ``<decision_id>.<v>.<a>.audit`` (one preemption decision
+    may stop several attempts).
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ PRIORITY_TO_CORE: dict[Priority, PriorityClass] = {
     Priority.LOW: PriorityClass.LOW,
 }
 
-#: Prefix of the core failure reason made from a wire ``task.lost`` event.
-LOST_REASON_PREFIX = "lost: "
+#: A wire record made from a core instruction.
+WireRecord = Assignment | DecisionAudit | TaskRejected | wire_commands.StopAttempt
 
 
 # ====================================================================== time
@@ -122,6 +124,11 @@ def task_spec_from_event(ev: TaskSubmitted) -> TaskSpec:
     )
 
 
+def running_from_heartbeat(hb: NodeHeartbeat) -> frozenset[tuple[str, int]]:
+    """The attempts a heartbeat lists as running, as ``(task_id, attempt)`` pairs."""
+    return frozenset((item.task_id, item.attempt) for item in hb.running)
+
+
 def node_spec_from_heartbeat(hb: NodeHeartbeat) -> NodeSpec:
     """The core's :class:`NodeSpec` for a heartbeat: hardware class, capacity and labels."""
     return NodeSpec(
@@ -141,21 +148,24 @@ def core_event_from_wire(event: WireEvent, *, now_s: float) -> core.Event | None
     ``stimulus_id`` is the wire ``event_id``. Mappings:
 
     - ``task.submitted`` -> :class:`~.events.TaskSubmitted` (via :func:`task_spec_from_event`)
-    - ``node.heartbeat`` -> :class:`~.events.NodeUp` (capacity and labels; ``usage`` and
-      ``running`` are not core inputs)
+    - ``node.heartbeat`` -> :class:`~.events.NodeUp` with capacity and labels, the
+      ``running`` attempts (reconciled by the core, see ``CoreConfig.reconcile_grace_s``)
+      and ``reported_at_s`` = the heartbeat's ``occurred_at``; ``usage`` is not a core input
     - ``task.started`` / ``task.progress`` / ``task.completed`` / ``task.failed`` /
       ``task.preempted`` -> the core event of the same name, fields preserved
-    - ``task.lost`` -> :class:`~.events.TaskFailed` with ``retryable=True`` and reason
-      ``"lost: <wire reason>"``: it reports one attempt vanishing, not the node (node loss
-      is the heartbeat monitor's :class:`~.events.NodeLost`). The retry counts against the
-      task's ``max_retries``, like any retryable failure.
+    - ``task.lost`` -> :class:`~.events.TaskLost` (the wire reason): it reports one attempt
+      vanishing; the core re-queues it without using a retry (node loss as a whole is the
+      heartbeat monitor's :class:`~.events.NodeLost`)
     - ``command.cancel_task`` -> :class:`~.events.CancelTask` (the wire reason; whether
       ``requested_by`` owns the task is checked by the caller, the core does not know)
+    - ``command.update_policy`` -> :class:`~.events.UpdatePolicy` (parameters as sorted
+      pairs; the core validates them and answers ``PolicyUpdated`` or ``PolicyRejected``;
+      whether the sender may change the policy is checked by the caller)
     - ``task.cancelled`` -> ``None``: the executor confirms a stop the core itself asked for
       (the task is already ``cancelled`` in the core and its resources released)
-    - ``data.ingested``, ``command.update_policy``, ``task.assigned``, ``decision.audit``,
-      ``task.rejected`` -> ``None``: not core stimuli (the stream processor, the policy
-      switch and the audit log handle them).
+    - ``data.ingested``, ``task.assigned``, ``decision.audit``, ``task.rejected``,
+      ``command.stop_attempt`` -> ``None``: not core stimuli (the stream processor and the
+      audit log handle them; stops are the core's own output).
 
     ``now_s`` is the core time the event will be applied at. No current mapping depends on
     it (deadlines are absolute epoch seconds); it is part of the signature so that call
@@ -167,7 +177,12 @@ def core_event_from_wire(event: WireEvent, *, now_s: float) -> core.Event | None
         case TaskSubmitted():
             return core.TaskSubmitted(sid, task_spec_from_event(event))
         case NodeHeartbeat():
-            return core.NodeUp(sid, node_spec_from_heartbeat(event))
+            return core.NodeUp(
+                sid,
+                node_spec_from_heartbeat(event),
+                running=running_from_heartbeat(event),
+                reported_at_s=core_time_from_datetime(event.occurred_at),
+            )
         case wire.TaskStarted():
             return core.TaskStarted(sid, event.task_id, event.attempt, event.node_id)
         case wire.TaskProgress():
@@ -186,10 +201,17 @@ def core_event_from_wire(event: WireEvent, *, now_s: float) -> core.Event | None
         case wire.TaskPreempted():
             return core.TaskPreempted(sid, event.task_id, event.attempt, event.progress)
         case wire.TaskLost():
-            reason = LOST_REASON_PREFIX + event.reason
-            return core.TaskFailed(sid, event.task_id, event.attempt, reason, retryable=True)
+            return core.TaskLost(sid, event.task_id, event.attempt, event.reason)
         case wire_commands.CancelTask():
             return core.CancelTask(sid, event.task_id, event.reason)
+        case wire_commands.PolicyUpdate():
+            return core.UpdatePolicy(
+                sid,
+                event.policy,
+                parameters=tuple(sorted(event.parameters.items())),
+                split_ratio=event.split_ratio,
+                shadow_policy=event.shadow_policy,
+            )
         case _:
             return None
 
@@ -246,17 +268,29 @@ def decision_candidate_to_wire(candidate: Candidate) -> DecisionCandidate | None
 
 
 def decision_audit_to_wire(
-    decision: Decision, *, occurred_at: datetime, source: str
+    decision: Decision,
+    *,
+    occurred_at: datetime,
+    source: str,
+    preempted: tuple[str, int] | None = None,
 ) -> DecisionAudit:
     """The ``decision.audit`` record of a placement decision (event id
-    ``<decision_id>.audit``)."""
+    ``<decision_id>.audit``), or with ``preempted=(task_id, attempt)`` of a preemption
+    stopping that attempt (``kind="preempt"``, event id
+    ``<decision_id>.<task_id>.<attempt>.audit``)."""
     candidates = tuple(
         wire_c
         for wire_c in map(decision_candidate_to_wire, decision.candidates)
         if wire_c is not None
     )
+    base = decision.decision_id
+    if preempted is not None:
+        base = f"{base}.{preempted[0]}.{preempted[1]}"
     return DecisionAudit(
-        event_id=derived_event_id(decision.decision_id, "audit"),
+        event_id=derived_event_id(base, "audit"),
+        kind="assign" if preempted is None else "preempt",
+        preempted_task_id=None if preempted is None else preempted[0],
+        preempted_attempt=None if preempted is None else preempted[1],
         occurred_at=occurred_at,
         source=source,
         decision_id=decision.decision_id,
@@ -320,6 +354,56 @@ def rejection_to_wire(
     )
 
 
+def preemption_audit_to_wire(
+    ins: Preempt, *, occurred_at: datetime, source: str
+) -> DecisionAudit | None:
+    """The ``decision.audit`` record (``kind="preempt"``) explaining a preemption, or
+    ``None`` when the instruction carries no decision (built by hand)."""
+    if ins.decision is None:
+        return None
+    return decision_audit_to_wire(
+        ins.decision,
+        occurred_at=occurred_at,
+        source=source,
+        preempted=(ins.task_id, ins.attempt),
+    )
+
+
+def wire_records_from_instruction(
+    ins: Instruction,
+    *,
+    submissions: Mapping[str, TaskSubmitted],
+    occurred_at: datetime,
+    source: str,
+) -> tuple[WireRecord, ...]:
+    """Every wire record a core instruction becomes, in publishing order (empty when it
+    has no wire form). Route each by its type:
+
+    - :class:`Assignment` -> ``assignment_topic(hardware)``, keyed by node id;
+    - ``command.stop_attempt`` -> the assignment topic of its node's hardware, keyed by
+      node id (after the assignment it stops);
+    - :class:`DecisionAudit` and :class:`TaskRejected` -> ``sched.decisions``, keyed by
+      ``task_id``.
+
+    :class:`~.instructions.Assign` -> ``(Assignment, DecisionAudit)``;
+    :class:`~.instructions.Preempt` -> ``(StopAttempt, DecisionAudit)`` (the audit has
+    ``kind="preempt"``; just the stop if the instruction has no decision);
+    :class:`~.instructions.StopAttempt` -> ``(StopAttempt,)``;
+    :class:`~.instructions.Reject` -> ``(TaskRejected,)``. Errors as
+    :func:`wire_from_instruction`.
+    """
+    if isinstance(ins, Preempt):
+        stop = stop_to_wire(ins, occurred_at=occurred_at, source=source)
+        audit = preemption_audit_to_wire(ins, occurred_at=occurred_at, source=source)
+        return (stop,) if audit is None else (stop, audit)
+    out = wire_from_instruction(
+        ins, submissions=submissions, occurred_at=occurred_at, source=source
+    )
+    if out is None:
+        return ()
+    return out if isinstance(out, tuple) else (out,)
+
+
 def wire_from_instruction(
     ins: Instruction,
     *,
@@ -337,9 +421,13 @@ def wire_from_instruction(
       :func:`rejection_to_wire` with the refused submission to echo its key).
     - :class:`~.instructions.Preempt` -> ``command.stop_attempt`` with ``mode="preempt"``
       (checkpoint kept), :class:`~.instructions.StopAttempt` -> the same with
-      ``mode="cancel"``; event ids derived from the stimulus, task and attempt.
+      ``mode="cancel"``; event ids derived from the stimulus, task and attempt. The audit
+      record of a preemption is *not* returned here (this shape is kept for callers that
+      unpack every tuple as ``(assignment, audit)``): use
+      :func:`wire_records_from_instruction`, which returns it too.
     - anything else (``TaskTransition``, ``DeadlineInfeasible``, ``StaleEvent``,
-      ``Learned``) -> ``None``: status, metrics and log material, not wire events.
+      ``Learned``, ``PolicyUpdated``, ``PolicyRejected``) -> ``None``: status, metrics and
+      log material, not wire events.
 
     ``occurred_at`` (aware) and ``source`` go into the envelopes.
     """

@@ -25,11 +25,13 @@ from .events import (
     NodeUp,
     TaskCompleted,
     TaskFailed,
+    TaskLost,
     TaskPreempted,
     TaskProgress,
     TaskStarted,
     TaskSubmitted,
     Tick,
+    UpdatePolicy,
 )
 from .forecasting import DEFAULT_RUNTIME_S, IntervalForecaster, RuntimeForecaster
 from .fragmentation import FragmentationCache, WorkloadProfile
@@ -37,6 +39,8 @@ from .instructions import (
     DeadlineInfeasible,
     Instruction,
     Learned,
+    PolicyRejected,
+    PolicyUpdated,
     Reject,
     StaleEvent,
     StopAttempt,
@@ -44,7 +48,7 @@ from .instructions import (
 )
 from .model import GPU_MILLI, TaskSpec, TaskState
 from .plugins import SortContext
-from .policies import Policy
+from .policies import Policy, changed_params, policy_for_update
 from .queue import ReadyQueue
 
 S = TaskState
@@ -65,6 +69,26 @@ class CoreConfig:
     #: A node not heard from (``NodeUp``/heartbeat) for this long is lost: its attempts are
     #: re-queued with new attempt numbers. None: nodes never time out (simulation).
     heartbeat_timeout_s: float | None = None
+    #: A task whose attempts were lost (``TaskLost``, its node lost, or missing from its
+    #: node's heartbeats) more than this many times fails with reason ``lost N attempts
+    #: (more than max_lost_attempts=M); last: ...``, so a poison task that kills every
+    #: executor it lands on cannot walk the whole fleet. Losses never use up
+    #: ``max_retries``. None: no bound.
+    max_lost_attempts: int | None = 5
+    #: Heartbeat reconciliation (needs heartbeats that list their running attempts): an
+    #: attempt the core placed on a node that the node's heartbeats have not listed for
+    #: this long (counted from its assignment, its last listing or a preemption request,
+    #: whichever is latest) is lost; a listed attempt the core considers stale gets a
+    #: ``StopAttempt`` (asked again only if the node still lists it more than this long
+    #: after the last request). None disables reconciliation.
+    reconcile_grace_s: float | None = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_lost_attempts is not None and self.max_lost_attempts < 0:
+            raise ValueError(f"max_lost_attempts must be >= 0, got {self.max_lost_attempts}")
+        grace = self.reconcile_grace_s
+        if grace is not None and not (math.isfinite(grace) and grace >= 0):
+            raise ValueError(f"reconcile_grace_s must be a finite number >= 0, got {grace}")
 
 
 @dataclass(slots=True)
@@ -100,6 +124,12 @@ class TaskRecord:
     runtime_cache: tuple[tuple[str, int, float], FloatArray, FloatArray] | None = None
     #: The blocked task this attempt is being preempted for, until the stop is confirmed.
     preempted_for: str | None = None
+    #: Attempts lost so far (bounded by ``CoreConfig.max_lost_attempts``).
+    losses: int = 0
+    #: When the current attempt was last listed by its node's heartbeat (reconciliation).
+    last_listed_at: float | None = None
+    #: When the core asked the node to stop the current attempt (preemption), if it did.
+    stop_requested_at: float | None = None
 
     def predicted_end(self, now: float) -> float:
         """When the current attempt should finish; an overdue attempt is expected soon."""
@@ -145,6 +175,8 @@ class SchedulerCore:
         self.learned_types: set[str] = set()
         #: Beneficiary task id -> victims whose stop is not confirmed yet.
         self.pending_preemptions: dict[str, set[str]] = {}
+        #: Per node, the stale attempts it listed and when a stop was last asked for each.
+        self.orphan_stops: dict[str, dict[tuple[str, int], float]] = {}
         self._out: list[Instruction] = []
         self._stimulus = ""
         self._next_expiry_check = -math.inf
@@ -157,7 +189,9 @@ class SchedulerCore:
             TaskCompleted: self._on_completed,
             TaskFailed: self._on_failed,
             TaskPreempted: self._on_preempted,
+            TaskLost: self._on_lost,
             CancelTask: self._on_cancel,
+            UpdatePolicy: self._on_update_policy,
             Tick: lambda ev, now: None,
         }
 
@@ -361,6 +395,7 @@ class SchedulerCore:
             if not victims:
                 self.pending_preemptions.pop(rec.preempted_for, None)
         rec.row, rec.gpu_indices, rec.preempting, rec.preempted_for = -1, (), False, None
+        rec.last_listed_at = rec.stop_requested_at = None
 
     def refresh_next_end(self, row: int) -> None:
         ends = []
@@ -392,6 +427,76 @@ class SchedulerCore:
         if changed:
             self.occupancy_s[row] = 0.0
             self.row_next_end[row] = math.inf
+        if ev.running is not None and self.config.reconcile_grace_s is not None:
+            seen = now if ev.reported_at_s is None else min(now, ev.reported_at_s)
+            self._reconcile(ev.node.node_id, row, ev.running, seen, now)
+
+    def _reconcile(
+        self, node_id: str, row: int, running: frozenset[tuple[str, int]], seen: float, now: float
+    ) -> None:
+        """Compare what node ``node_id`` reports it runs (as of ``seen``) with the core's
+        view. An attempt placed there but not listed for more than ``reconcile_grace_s``
+        is lost (:meth:`_lose`); a listed attempt the core considers stale gets a
+        ``StopAttempt(cancel)`` (see :meth:`_stop_orphans`). Idempotent: a repeated
+        heartbeat finds nothing new to lose and repeats no stop within the grace period."""
+        grace = self.config.reconcile_grace_s
+        assert grace is not None
+        for tid in sorted(self.on_row.get(row, ())):
+            rec = self.tasks[tid]
+            if (tid, rec.attempt) in running:
+                last = rec.last_listed_at
+                rec.last_listed_at = seen if last is None else max(last, seen)
+                continue
+            marks = (rec.assigned_at, rec.last_listed_at, rec.stop_requested_at)
+            since = max(t for t in marks if t is not None)
+            if seen - since > grace:
+                absent = f"not listed by its heartbeats for {seen - since:.0f} s"
+                self._lose(
+                    rec,
+                    f"attempt {rec.attempt} lost: node {node_id} does not run it ({absent})",
+                    now,
+                )
+        self._stop_orphans(node_id, running, now, grace)
+
+    def _stop_orphans(
+        self, node_id: str, running: frozenset[tuple[str, int]], now: float, grace: float
+    ) -> None:
+        """Ask ``node_id`` to cancel each listed attempt the core considers stale (task
+        ended, a newer attempt, re-queued, or placed elsewhere); ask again only if the node
+        still lists it more than ``grace`` seconds after the last request. Attempts of tasks
+        the core does not know are left alone (they are not its to stop)."""
+        before = self.orphan_stops.get(node_id, {})
+        after: dict[tuple[str, int], float] = {}
+        for tid, attempt in sorted(running):
+            why = self._orphan_reason(node_id, tid, attempt)
+            if why is None:
+                continue
+            asked = before.get((tid, attempt))
+            if asked is not None and now - asked <= grace:
+                after[(tid, attempt)] = asked
+                continue
+            after[(tid, attempt)] = now
+            self.emit(StopAttempt(self._stimulus, tid, attempt, node_id, f"orphan attempt: {why}"))
+        if after:
+            self.orphan_stops[node_id] = after
+        else:
+            self.orphan_stops.pop(node_id, None)
+
+    def _orphan_reason(self, node_id: str, task_id: str, attempt: int) -> str | None:
+        """Why attempt ``attempt`` of ``task_id`` should not run on ``node_id``, or
+        ``None`` when it should (or the task is unknown)."""
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.state is None:
+            return None
+        if rec.state.terminal:
+            return f"task {task_id} already {rec.state}"
+        if attempt != rec.attempt:
+            return f"task {task_id} is at attempt {rec.attempt}, not {attempt}"
+        if rec.state not in statemachine.HOLDS_RESOURCES:
+            return f"attempt {attempt} of {task_id} no longer holds a node (task {rec.state})"
+        if rec.node_id != node_id:
+            return f"attempt {attempt} of {task_id} is placed on node {rec.node_id}"
+        return None
 
     def _expire_silent_nodes(self, now: float) -> None:
         """Declare lost every alive node silent for longer than the heartbeat timeout
@@ -416,14 +521,30 @@ class SchedulerCore:
         if row is None or not self.cluster.alive[row]:
             return
         for tid in sorted(self.on_row.get(row, ())):
-            rec = self.tasks[tid]
-            rec.progress = max(rec.progress, min(rec.reported_progress, MAX_RESUME_PROGRESS))
-            self.release(rec)
-            self.enqueue(rec, f"{ev.reason}: node {ev.node_id}", now)
+            self._lose(self.tasks[tid], f"{ev.reason}: node {ev.node_id}", now)
         self.on_row.pop(row, None)
         self.occupancy_s[row] = 0.0
         self.row_next_end[row] = math.inf
         self.cluster.mark_dead(row)
+
+    def _lose(self, rec: TaskRecord, reason: str, now: float) -> None:
+        """Re-queue ``rec``'s current attempt (which holds a node) after it was lost: a new
+        attempt number comes with the next assignment, no retry is used, and the work
+        resumes from the last progress reported. Once the task has lost more than
+        ``max_lost_attempts`` attempts it fails instead (and its dependents are
+        cancelled)."""
+        rec.progress = max(rec.progress, min(rec.reported_progress, MAX_RESUME_PROGRESS))
+        self.release(rec)
+        rec.losses += 1
+        limit = self.config.max_lost_attempts
+        if limit is not None and rec.losses > limit:
+            why = (
+                f"lost {rec.losses} attempts (more than max_lost_attempts={limit}); last: {reason}"
+            )
+            self.transition(rec, S.FAILED, why, now)
+            self._cancel_dependents(rec, now)
+            return
+        self.enqueue(rec, reason, now)
 
     # ================================================================== task events
     def _on_submitted(self, ev: TaskSubmitted, now: float) -> None:
@@ -548,6 +669,13 @@ class SchedulerCore:
         rec.preemptions += 1
         self.enqueue(rec, f"preempted (progress {rec.progress:.0%} kept)", now)
 
+    def _on_lost(self, ev: TaskLost, now: float) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if not self._current(rec, ev.task_id, ev.attempt, "lost"):
+            return
+        assert rec is not None
+        self._lose(rec, f"attempt {ev.attempt} lost: {ev.reason}", now)
+
     def _on_cancel(self, ev: CancelTask, now: float) -> None:
         rec = self.tasks.get(ev.task_id)
         if rec is None or rec.state is None or rec.state.terminal:
@@ -574,6 +702,64 @@ class SchedulerCore:
             if child.state is not None and not child.state.terminal:
                 self._cancel(child, f"upstream {rec.spec.task_id} {rec.state}", now)
                 todo.extend(child.dependents)
+
+    # ================================================================== policy
+    def _on_update_policy(self, ev: UpdatePolicy, now: float) -> None:
+        """Switch the live policy, or answer :class:`PolicyRejected` and change nothing.
+        Queued tasks are re-keyed under the new policy (its queue order, fair-share
+        grouping and deadline urgency), keeping their arrival order among equal keys."""
+        try:
+            policy = self._policy_for(ev)
+        except ValueError as exc:
+            self.emit(PolicyRejected(ev.stimulus_id, ev.policy, str(exc)))
+            return
+        old = self.policy
+        changed = (policy.name, policy.version, policy.params) != (
+            old.name,
+            old.version,
+            old.params,
+        )
+        self.emit(
+            PolicyUpdated(
+                ev.stimulus_id,
+                policy.name,
+                policy.version,
+                old.name,
+                old.version,
+                changed_params(policy.params),
+                changed,
+            )
+        )
+        if changed:
+            self.policy = policy
+            self._rekey_all()
+
+    def _policy_for(self, ev: UpdatePolicy) -> Policy:
+        """The policy ``ev`` asks for; ``ValueError`` naming what is wrong otherwise."""
+        if ev.split_ratio != 1.0:
+            raise ValueError(
+                f"split_ratio={ev.split_ratio:g} is not supported yet (A/B splits between "
+                "policies are planned); send 1.0 to switch over fully"
+            )
+        if ev.shadow_policy is not None:
+            raise ValueError(
+                f"shadow_policy={ev.shadow_policy!r} is not supported yet (shadow mode is "
+                "planned); leave it null"
+            )
+        return policy_for_update(
+            ev.policy,
+            dict(ev.parameters),
+            allow_simulation_only=self.forecaster.name == "oracle",
+        )
+
+    def _rekey_all(self) -> None:
+        """Recompute every queued task's key, group and deadline entry under the current
+        policy, in arrival order (so ties keep their order)."""
+        for tid in self.queue.task_ids_by_arrival():
+            key, latest_start, _ = self._queue_position(self.tasks[tid])
+            group = self.tasks[tid].spec.tenant if self.policy.fair_share else ""
+            self.queue.remove(tid)
+            self.queue.push(tid, group, key, latest_start)
 
     # ================================================================== checks
     def validate_state(self) -> None:

@@ -490,13 +490,18 @@ class _Cycle:
                 continue
             runtime = float(runtimes[c.hw[row]]) + overhead
             victims = self._victims(rec, row, runtime)
-            chosen = self._enough(spec, row, victims)
+            chosen = self._enough(spec, row, [v for v, _ in victims])
             if chosen:
-                self._issue_preemptions(rec, row, chosen)
+                motives = {v.spec.task_id: why for v, why in victims}
+                self._issue_preemptions(
+                    rec, row, runtime, [(v, motives[v.spec.task_id]) for v in chosen]
+                )
                 return True
         return False
 
-    def _victims(self, rec: TaskRecord, row: int, runtime: float) -> list[TaskRecord]:
+    def _victims(self, rec: TaskRecord, row: int, runtime: float) -> list[tuple[TaskRecord, str]]:
+        """Attempts on ``row`` that may be preempted for ``rec`` (predicted to run
+        ``runtime`` there), latest predicted end first, each with why it may be."""
         p, now, spec = self.params, self.now, rec.spec
         saves_deadline = (
             spec.deadline_s is not None
@@ -517,9 +522,19 @@ class _Cycle:
             lower_or_same = spec.priority.rank <= vs.priority.rank
             shorter = lower_or_same and remaining > p.preempt_factor * runtime
             deadline = saves_deadline and lower_or_same and vs.deadline_s is None
-            if higher or shorter or deadline:
-                out.append(v)
-        out.sort(key=lambda v: (-(v.predicted_end(now)), v.spec.task_id))
+            if higher:
+                why = f"{spec.priority} outranks {vs.priority}"
+            elif shorter:
+                why = (
+                    f"its remaining {remaining:.0f}s exceed {p.preempt_factor:g} x the "
+                    f"newcomer's {runtime:.0f}s"
+                )
+            elif deadline:
+                why = f"it saves {spec.task_id}'s deadline"
+            else:
+                continue
+            out.append((v, why))
+        out.sort(key=lambda e: (-(e[0].predicted_end(now)), e[0].spec.task_id))
         return out
 
     def _enough(self, spec: TaskSpec, row: int, victims: list[TaskRecord]) -> list[TaskRecord]:
@@ -532,23 +547,52 @@ class _Cycle:
                 return chosen
         return []
 
-    def _issue_preemptions(self, rec: TaskRecord, row: int, victims: list[TaskRecord]) -> None:
-        core = self.core
+    def _issue_preemptions(
+        self, rec: TaskRecord, row: int, runtime: float, victims: list[tuple[TaskRecord, str]]
+    ) -> None:
+        """Ask to stop ``victims`` (each with why) on ``row`` for ``rec``, predicted to run
+        ``runtime`` there: one decision id, one ``Preempt`` with its audit per victim."""
+        core, spec = self.core, rec.spec
         core.decisions += 1
         decision_id = f"{core.config.decision_prefix}-{core.decisions:08d}"
-        core.pending_preemptions[rec.spec.task_id] = {v.spec.task_id for v in victims}
-        for v in victims:
+        core.pending_preemptions[spec.task_id] = {v.spec.task_id for v, _ in victims}
+        node_id = self.cluster.node_ids[row]
+        hardware = self.cluster.specs[row].hardware
+        for v, why in victims:
             v.preempting = True
-            v.preempted_for = rec.spec.task_id
+            v.preempted_for = spec.task_id
+            v.stop_requested_at = self.now
+            left = v.predicted_end(self.now) - self.now
+            reason = (
+                f"{self.policy.name}: preempt attempt {v.attempt} of {v.spec.task_id} "
+                f"({v.spec.priority}, ~{left:.0f}s left, checkpoint kept) on {node_id} to make "
+                f"room for {spec.task_id} ({spec.priority}, predicted {runtime:.0f}s there): {why}"
+            )
+            decision = Decision(
+                decision_id=decision_id,
+                stimulus_id=self.stimulus_id,
+                task_id=spec.task_id,
+                attempt=rec.attempt + 1,
+                policy=self.policy.name,
+                policy_version=self.policy.version,
+                model_version=core.forecaster.version,
+                decided_at_s=self.now,
+                chosen_node_id=node_id,
+                chosen_hardware=hardware,
+                predicted_runtime_s=runtime,
+                reason=reason,
+                candidates=(),
+            )
             core.emit(
                 Preempt(
                     stimulus_id=self.stimulus_id,
                     task_id=v.spec.task_id,
                     attempt=v.attempt,
-                    node_id=self.cluster.node_ids[row],
-                    reason=f"make room for {rec.spec.task_id} ({rec.spec.priority})",
-                    for_task_id=rec.spec.task_id,
+                    node_id=node_id,
+                    reason=f"make room for {spec.task_id} ({spec.priority})",
+                    for_task_id=spec.task_id,
                     decision_id=decision_id,
+                    decision=decision,
                 )
             )
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from .model import NodeSpec, TaskSpec
 
+#: A policy parameter value as it arrives in a policy update (validated by the core).
+ParamValue = bool | int | float | str
+
 
 @dataclass(frozen=True, slots=True)
 class Stimulus:
@@ -20,9 +23,22 @@ class Stimulus:
 
 @dataclass(frozen=True, slots=True)
 class NodeUp(Stimulus):
-    """A node registered or heartbeated. Idempotent: a known node only refreshes liveness."""
+    """A node registered or heartbeated. Idempotent: a known node only refreshes liveness.
+
+    ``running`` is what the node reports it runs, as ``(task_id, attempt)`` pairs, or
+    ``None`` when the report carries no such list (manual registration, the simulator):
+    then nothing is reconciled. With a list and ``CoreConfig.reconcile_grace_s`` set, the
+    core reconciles it with its own view (see ``SchedulerCore._reconcile``): an attempt the
+    core placed on the node that the node has not listed for the grace period is lost
+    (:class:`TaskLost` semantics), and a listed attempt the core considers stale gets a
+    ``StopAttempt``. ``reported_at_s`` is when the node made the report (core time, from
+    its own clock), if known; reconciliation measures absences up to the earlier of it and
+    ``now``, so a delayed heartbeat never makes an attempt look missing for longer.
+    """
 
     node: NodeSpec
+    running: frozenset[tuple[str, int]] | None = None
+    reported_at_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,37 @@ class TaskPreempted(Stimulus):
 
 
 @dataclass(frozen=True, slots=True)
+class TaskLost(Stimulus):
+    """An attempt vanished without an outcome: its executor or process died, or its node
+    does not run it. The node or executor was lost, not the task: the attempt is re-queued
+    with a new attempt number **without** using one of the task's ``max_retries``, and
+    resumes from the last progress reported. Bounded by ``CoreConfig.max_lost_attempts``
+    (a poison task that kills every executor fails instead of walking the fleet). Fenced
+    by ``attempt``: a stale report changes nothing; a repeated one is stale too."""
+
+    task_id: str
+    attempt: int
+    reason: str = "attempt lost"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatePolicy(Stimulus):
+    """Switch the live policy and/or its parameters (``command.update_policy``).
+
+    Declarative: the new policy is the built-in ``policy`` with ``parameters`` (sorted
+    ``(name, value)`` pairs) overriding its :class:`~.policies.PolicyParams` defaults;
+    parameters not named take their defaults. An invalid update is answered with a
+    ``PolicyRejected`` instruction and changes nothing. ``split_ratio`` other than 1.0 and
+    a ``shadow_policy`` are not supported yet and are rejected.
+    """
+
+    policy: str
+    parameters: tuple[tuple[str, ParamValue], ...] = ()
+    split_ratio: float = 1.0
+    shadow_policy: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CancelTask(Stimulus):
     task_id: str
     reason: str = "cancelled by user"
@@ -102,6 +149,8 @@ Event = (
     | TaskCompleted
     | TaskFailed
     | TaskPreempted
+    | TaskLost
     | CancelTask
+    | UpdatePolicy
     | Tick
 )

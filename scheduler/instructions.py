@@ -68,7 +68,14 @@ class Assign(Instruction):
 
 @dataclass(frozen=True, slots=True)
 class Preempt(Instruction):
-    """Stop an attempt, keeping its checkpoint; it is re-queued when the stop is confirmed."""
+    """Stop an attempt, keeping its checkpoint; it is re-queued when the stop is confirmed.
+
+    ``decision`` explains it for the audit trail: ``decision.task_id`` is the task the room
+    is made for (``for_task_id``), ``decision.attempt`` the attempt it will get next,
+    ``chosen_node_id`` the node being freed, ``predicted_runtime_s`` the newcomer's
+    predicted runtime there, and ``reason`` which attempt is stopped and why. The core
+    always sets it; ``None`` is accepted for instructions built by hand.
+    """
 
     task_id: str
     attempt: int
@@ -77,11 +84,13 @@ class Preempt(Instruction):
     #: The task the preemption makes room for.
     for_task_id: str
     decision_id: str
+    decision: Decision | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StopAttempt(Instruction):
-    """Kill an attempt whose task was cancelled or failed upstream (no checkpoint kept)."""
+    """Kill an attempt whose task was cancelled or failed upstream, or an orphan a node
+    still runs although the core has moved on (no checkpoint kept)."""
 
     task_id: str
     attempt: int
@@ -136,3 +145,26 @@ class Learned(Instruction):
     hardware: str
     predicted_runtime_s: float
     observed_runtime_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyUpdated(Instruction):
+    """A policy update was applied (``changed``) or named the policy already live
+    (``changed=False``, nothing done). Decisions from now on carry ``policy`` and
+    ``version``; ``parameters`` are the values that differ from the policy's defaults."""
+
+    policy: str
+    version: str
+    previous_policy: str
+    previous_version: str
+    parameters: tuple[tuple[str, float], ...]
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRejected(Instruction):
+    """A policy update was refused (unknown policy or parameter, a bad value, or a feature
+    not supported yet); the live policy is unchanged. ``reason`` names what is wrong."""
+
+    policy: str
+    reason: str

@@ -20,7 +20,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from .plugins import (
@@ -147,3 +150,85 @@ def get_policy(name: str, **params: Any) -> Policy:
     if params:
         policy = replace(policy, params=replace(policy.params, **params))
     return policy
+
+
+# ---------------------------------------------------------------------- live updates
+#: Smallest accepted value of each parameter in a live update (all must be finite).
+PARAM_MINIMUM: dict[str, float] = {f.name: 0.0 for f in fields(PolicyParams)} | {"max_scan": 1}
+#: Largest accepted value, where there is one.
+PARAM_MAXIMUM: dict[str, float] = {"wait_margin": 1.0}
+#: Policies that only make sense with a forecaster the live system does not have.
+SIMULATION_ONLY = {"oracle": "needs the true runtimes of every job, so exists only in simulation"}
+#: A policy version longer than this names its parameters by a digest instead.
+_MAX_READABLE_VERSION = 128
+
+_DEFAULTS = PolicyParams()
+
+
+def validated_params(parameters: Mapping[str, object]) -> dict[str, int | float]:
+    """``parameters`` checked against :class:`PolicyParams`: known names, numbers (not
+    booleans or strings), finite, within :data:`PARAM_MINIMUM`/:data:`PARAM_MAXIMUM`;
+    integer parameters accept integral floats (``64.0``). Raises ``ValueError`` naming the
+    parameter and what is wrong with it."""
+    known = {f.name for f in fields(PolicyParams)}
+    out: dict[str, int | float] = {}
+    for name, value in sorted(parameters.items()):
+        if name not in known:
+            raise ValueError(
+                f"unknown policy parameter {name!r}; known parameters: {', '.join(sorted(known))}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(
+                f"policy parameter {name!r} must be a number, got {type(value).__name__} {value!r}"
+            )
+        if not math.isfinite(value):
+            raise ValueError(f"policy parameter {name!r} must be finite, got {value}")
+        if isinstance(getattr(_DEFAULTS, name), int):
+            if not float(value).is_integer():
+                raise ValueError(f"policy parameter {name!r} must be an integer, got {value}")
+            value = int(value)
+        else:
+            value = float(value)
+        low, high = PARAM_MINIMUM[name], PARAM_MAXIMUM.get(name, math.inf)
+        if not low <= value <= high:
+            bound = f">= {low:g}" if high == math.inf else f"in {low:g}..{high:g}"
+            raise ValueError(f"policy parameter {name!r} must be {bound}, got {value}")
+        out[name] = value
+    return out
+
+
+def changed_params(params: PolicyParams) -> tuple[tuple[str, float], ...]:
+    """The parameters of ``params`` that differ from the defaults, as sorted pairs."""
+    return tuple(
+        (f.name, getattr(params, f.name))
+        for f in sorted(fields(PolicyParams), key=lambda f: f.name)
+        if getattr(params, f.name) != getattr(_DEFAULTS, f.name)
+    )
+
+
+def params_version(base_version: str, params: PolicyParams) -> str:
+    """The version a policy carries with ``params``: ``base_version`` when they are the
+    defaults, else ``base_version+name=value,...`` (sorted, only the changed ones), or
+    ``base_version+p<12 hex digits>`` (a digest of that list) when that would be longer
+    than 128 characters. Deterministic, so a replay makes the same decisions records."""
+    changed = changed_params(params)
+    if not changed:
+        return base_version
+    listed = ",".join(f"{name}={value:g}" for name, value in changed)
+    readable = f"{base_version}+{listed}"
+    if len(readable) <= _MAX_READABLE_VERSION:
+        return readable
+    return f"{base_version}+p{hashlib.sha256(listed.encode()).hexdigest()[:12]}"
+
+
+def policy_for_update(
+    name: str, parameters: Mapping[str, object], *, allow_simulation_only: bool = False
+) -> Policy:
+    """The built-in policy ``name`` with ``parameters`` overriding its defaults, versioned
+    by :func:`params_version` (a live policy update). Raises ``ValueError`` for an unknown
+    policy, a simulation-only one (unless allowed), or a bad parameter (see
+    :func:`validated_params`)."""
+    if name in SIMULATION_ONLY and not allow_simulation_only:
+        raise ValueError(f"policy {name!r} {SIMULATION_ONLY[name]}")
+    policy = get_policy(name, **validated_params(parameters))
+    return replace(policy, version=params_version(_REGISTRY[name].version, policy.params))

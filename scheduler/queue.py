@@ -77,3 +77,7 @@ class ReadyQueue:
 
     def task_ids(self) -> Iterator[str]:
         return iter(self._where)
+
+    def task_ids_by_arrival(self) -> list[str]:
+        """Queued task ids in the order they were (last) pushed."""
+        return sorted(self._where, key=lambda tid: self._where[tid].entry[1])

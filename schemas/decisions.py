@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictFloat, StrictInt, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
 
 from .envelope import EventEnvelope, WireModel
 from .types import (
@@ -91,9 +97,21 @@ class DecisionCandidate(WireModel):
 
 
 class DecisionAudit(EventEnvelope):
-    """Why a placement or preemption was made. Published to ``sched.decisions``."""
+    """Why a placement or preemption was made. Published to ``sched.decisions``.
+
+    ``kind="assign"`` (the default): ``task_id`` attempt ``attempt`` was placed on
+    ``chosen_node_id``. ``kind="preempt"``: attempt ``preempted_attempt`` of
+    ``preempted_task_id``, running on ``chosen_node_id``, is stopped (checkpoint kept) to
+    make room for ``task_id``, whose next attempt is ``attempt``; ``predicted_runtime_s``
+    is ``task_id``'s predicted runtime there. One record per stopped attempt; the records
+    of one preemption share its ``decision_id``. The ``preempted_*`` fields are set exactly
+    when ``kind`` is ``preempt``.
+    """
 
     type: Literal["decision.audit"] = "decision.audit"
+    kind: Literal["assign", "preempt"] = Field(
+        default="assign", description="What was decided: a placement or a preemption."
+    )
     decision_id: Identifier
     stimulus_id: Identifier = Field(description="The event that triggered the decision.")
     task_id: Identifier
@@ -107,3 +125,29 @@ class DecisionAudit(EventEnvelope):
     predicted_runtime_s: _Seconds
     reason: Text
     candidates: tuple[DecisionCandidate, ...] = Field(default=(), max_length=MAX_LIST_ITEMS)
+    preempted_task_id: Identifier | None = Field(
+        default=None, description="Preemptions only: the task whose attempt is stopped."
+    )
+    preempted_attempt: Attempt | None = Field(
+        default=None,
+        validate_default=True,
+        description="Preemptions only: the attempt stopped.",
+    )
+
+    @field_validator("preempted_attempt")
+    @classmethod
+    def _preempted_fields_match_kind(cls, attempt: int | None, info: ValidationInfo) -> int | None:
+        if "kind" not in info.data or "preempted_task_id" not in info.data:
+            return attempt  # an earlier field failed; its error is reported already
+        given = (info.data["preempted_task_id"] is not None, attempt is not None)
+        if info.data["kind"] == "preempt" and given != (True, True):
+            fail(
+                "preempt_without_victim",
+                "a preemption audit needs preempted_task_id and preempted_attempt",
+            )
+        if info.data["kind"] == "assign" and any(given):
+            fail(
+                "assign_with_victim",
+                'preempted_task_id and preempted_attempt need kind="preempt"',
+            )
+        return attempt

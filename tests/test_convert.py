@@ -24,9 +24,11 @@ from streamsched.scheduler.convert import (
     decision_candidate_to_wire,
     derived_event_id,
     node_spec_from_heartbeat,
+    preemption_audit_to_wire,
     rejection_to_wire,
     task_spec_from_event,
     wire_from_instruction,
+    wire_records_from_instruction,
     wire_score,
 )
 from streamsched.scheduler.core import SchedulerCore
@@ -38,6 +40,8 @@ from streamsched.scheduler.instructions import (
     Decision,
     Instruction,
     Learned,
+    PolicyRejected,
+    PolicyUpdated,
     Preempt,
     Reject,
     StaleEvent,
@@ -225,7 +229,28 @@ LIFECYCLE: list[tuple[wire_schemas.Event, core_events.Event]] = [
     ),
     (
         wire_schemas.TaskLost(**ATTEMPT, event_id="w-lost", reason="process vanished"),
-        core_events.TaskFailed("w-lost", "t-1", 3, "lost: process vanished", retryable=True),
+        core_events.TaskLost("w-lost", "t-1", 3, "process vanished"),
+    ),
+    (
+        wire_schemas.PolicyUpdate(**WIRE, event_id="w-policy", policy="forecast"),
+        core_events.UpdatePolicy("w-policy", "forecast"),
+    ),
+    (
+        wire_schemas.PolicyUpdate(
+            **WIRE,
+            event_id="w-policy-ab",
+            policy="fifo",
+            parameters={"sjf_weight": 10, "max_scan": 64},
+            shadow_policy="forecast",
+            split_ratio=0.5,
+        ),
+        core_events.UpdatePolicy(
+            "w-policy-ab",
+            "fifo",
+            parameters=(("max_scan", 64), ("sjf_weight", 10)),
+            split_ratio=0.5,
+            shadow_policy="forecast",
+        ),
     ),
     (
         wire_schemas.CancelTask(
@@ -270,6 +295,8 @@ def test_heartbeat_maps_to_node_up_with_capacity() -> None:
     got = core_event_from_wire(heartbeat(), now_s=1e9)
     assert isinstance(got, core_events.NodeUp)
     assert got.stimulus_id == "w-hb"
+    assert got.running == frozenset()  # an empty list is a report: "runs nothing"
+    assert got.reported_at_s == T0.timestamp()
     assert got.node == NodeSpec(
         node_id="node-7",
         hardware="gpu-v100",
@@ -285,7 +312,6 @@ NON_STIMULI: list[wire_schemas.Event] = [
     wire_schemas.DataIngested(
         **WIRE, dataset="imagenet", rows=10, bytes=1000, location="s3://bucket/key"
     ),
-    wire_schemas.PolicyUpdate(**WIRE, policy="forecast"),
     wire_schemas.Assignment(
         **WIRE,
         decision_id="d-1",
@@ -564,15 +590,202 @@ def test_other_instructions_have_no_wire_form(ins: Instruction) -> None:
     assert wire_from_instruction(ins, submissions={}, occurred_at=T0, source="p") is None
 
 
-def test_lost_attempt_is_retried_by_the_core() -> None:
+def test_lost_attempt_is_requeued_by_the_core_without_using_a_retry() -> None:
     core = placement_core()
-    sub = gpu_submission()
+    sub = gpu_submission(max_retries=0)
     now_s = T0.timestamp()
     (assign,) = [i for i in run(core, heartbeat(), sub, now_s=now_s) if isinstance(i, Assign)]
     lost = wire_schemas.TaskLost(
         **WIRE, task_id="t-1", attempt=assign.attempt, node_id="node-7", reason="oom-killer"
     )
     out = run(core, lost, now_s=now_s + 5)
-    (retry,) = [i for i in out if isinstance(i, Assign)]
-    assert retry.attempt == assign.attempt + 1
-    assert retry.stimulus_id == lost.event_id
+    (again,) = [i for i in out if isinstance(i, Assign)]
+    assert again.attempt == assign.attempt + 1
+    assert again.stimulus_id == lost.event_id
+    assert core.tasks["t-1"].retries == 0  # max_retries=0, yet it runs again
+    (requeued,) = [i for i in out if isinstance(i, TaskTransition) and i.new is TaskState.QUEUED]
+    assert requeued.reason == "attempt 1 lost: oom-killer"
+
+
+def test_heartbeat_running_list_reaches_the_core() -> None:
+    """A heartbeat that lists an attempt the core has moved on from makes the core stop
+    it (reconciliation); the wire stop command is valid."""
+    core = placement_core()
+    sub = gpu_submission()
+    now_s = T0.timestamp()
+    run(core, heartbeat(), sub, now_s=now_s)
+    orphan = heartbeat(
+        event_id="w-hb-2",
+        occurred_at=T0 + timedelta(seconds=10),
+        running=[{"task_id": "t-1", "attempt": 7}],
+    )
+    out = run(core, orphan, now_s=now_s + 10)
+    (stop,) = [i for i in out if isinstance(i, StopAttempt)]
+    assert (stop.task_id, stop.attempt, stop.node_id) == ("t-1", 7, "node-7")
+    cmd = wire_from_instruction(stop, submissions={}, occurred_at=T0, source="placement/0")
+    assert isinstance(cmd, wire_schemas_commands.StopAttempt)
+    assert cmd.mode == "cancel"
+    assert decode(encode(cmd), now=T0) == cmd
+
+
+# ====================================================================== preemption audits
+PREEMPT_DECISION = Decision(
+    decision_id="d-00000009",
+    stimulus_id="e-9",
+    task_id="t-urgent",
+    attempt=1,
+    policy="forecast",
+    policy_version="forecast/1",
+    model_version="running-mean@4",
+    decided_at_s=1741.5,
+    chosen_node_id="n-1",
+    chosen_hardware="gpu-v100",
+    predicted_runtime_s=600.0,
+    reason="forecast: preempt attempt 2 of t-batch on n-1 to make room for t-urgent",
+    candidates=(),
+)
+
+
+def test_preemption_becomes_a_stop_and_a_preempt_audit() -> None:
+    ins = Preempt(
+        "e-9", "t-batch", 2, "n-1", "room for t-urgent", "t-urgent", "d-00000009", PREEMPT_DECISION
+    )
+    records = wire_records_from_instruction(
+        ins, submissions={}, occurred_at=T0, source="placement/0"
+    )
+    stop, audit = records
+    assert isinstance(stop, wire_schemas_commands.StopAttempt)
+    assert isinstance(audit, wire_schemas.DecisionAudit)
+    assert (stop.mode, stop.decision_id, stop.for_task_id) == ("preempt", "d-00000009", "t-urgent")
+    assert audit.kind == "preempt"
+    assert (audit.preempted_task_id, audit.preempted_attempt) == ("t-batch", 2)
+    assert (audit.task_id, audit.attempt, audit.chosen_node_id) == ("t-urgent", 1, "n-1")
+    assert audit.decision_id == stop.decision_id
+    assert audit.event_id == "d-00000009.t-batch.2.audit"
+    assert audit.reason == PREEMPT_DECISION.reason
+    for record in records:
+        assert decode(encode(record), now=T0) == record
+    # Deterministic ids; the old single-record shape is kept for wire_from_instruction.
+    assert records == wire_records_from_instruction(
+        ins, submissions={}, occurred_at=T0, source="placement/0"
+    )
+    assert wire_from_instruction(
+        ins, submissions={}, occurred_at=T0, source="p"
+    ) == stop.model_copy(update={"source": "p"})
+
+
+def test_hand_built_preemption_without_decision_has_no_audit() -> None:
+    ins = Preempt("s", "t-1", 1, "n-1", "room for t-2", "t-2", "d-1")
+    (stop,) = wire_records_from_instruction(ins, submissions={}, occurred_at=T0, source="p")
+    assert isinstance(stop, wire_schemas_commands.StopAttempt)
+    assert preemption_audit_to_wire(ins, occurred_at=T0, source="p") is None
+
+
+def test_two_victims_of_one_decision_get_distinct_audit_ids() -> None:
+    ids = {
+        preemption_audit_to_wire(
+            Preempt("s", victim, 1, "n-1", "room", "t-urgent", "d-1", PREEMPT_DECISION),
+            occurred_at=T0,
+            source="p",
+        ).event_id  # type: ignore[union-attr]
+        for victim in ("t-a", "t-b")
+    }
+    assert len(ids) == 2
+
+
+def test_assignments_and_rejections_keep_their_records_in_the_flat_form() -> None:
+    core = placement_core()
+    sub = gpu_submission()
+    out = run(core, heartbeat(), sub, now_s=T0.timestamp())
+    (assign,) = [ins for ins in out if isinstance(ins, Assign)]
+    kwargs: dict[str, Any] = {
+        "submissions": {sub.task_id: sub},
+        "occurred_at": T0,
+        "source": "p",
+    }
+    assert wire_records_from_instruction(assign, **kwargs) == wire_from_instruction(
+        assign, **kwargs
+    )
+    audit = wire_records_from_instruction(assign, **kwargs)[1]
+    assert isinstance(audit, wire_schemas.DecisionAudit)
+    assert (audit.kind, audit.preempted_task_id, audit.preempted_attempt) == ("assign", None, None)
+    for ins in OTHER_INSTRUCTIONS:
+        assert wire_records_from_instruction(ins, **kwargs) == ()
+    stop = StopAttempt("s", "t-1", 1, "n-1", "cancelled")
+    (cmd,) = wire_records_from_instruction(stop, **kwargs)
+    assert isinstance(cmd, wire_schemas_commands.StopAttempt)
+
+
+def test_core_preemption_audit_is_valid_on_the_wire() -> None:
+    """End to end through the core: a critical task preempts a running preemptible one on
+    the only node; the wire audit names victim, node, beneficiary and decision."""
+    core = SchedulerCore(get_policy("forecast", preempt_min_run_s=0.0), RunningMeanForecaster())
+    now_s = T0.timestamp()
+    small = heartbeat(capacity={"cpu_milli": 8000, "memory_mib": 65536, "gpus": 2})
+    batch = submitted(
+        event_id="e-batch",
+        task_id="t-batch",
+        resources={"gpus": 2},
+        preemptible=True,
+        priority="low",
+    )
+    (first,) = [i for i in run(core, small, batch, now_s=now_s) if isinstance(i, Assign)]
+    run(
+        core,
+        wire_schemas.TaskStarted(**WIRE, task_id="t-batch", attempt=1, node_id="node-7"),
+        now_s=now_s + 1,
+    )
+    urgent = submitted(
+        event_id="e-urgent", task_id="t-urgent", resources={"gpus": 2}, priority="critical"
+    )
+    out = run(core, urgent, now_s=now_s + 60)
+    (preempt,) = [i for i in out if isinstance(i, Preempt)]
+    stop, audit = wire_records_from_instruction(
+        preempt, submissions={}, occurred_at=T0, source="placement/0"
+    )
+    assert isinstance(stop, wire_schemas_commands.StopAttempt)
+    assert isinstance(audit, wire_schemas.DecisionAudit)
+    assert audit.kind == "preempt"
+    assert (audit.preempted_task_id, audit.preempted_attempt) == ("t-batch", first.attempt)
+    assert (audit.task_id, audit.attempt) == ("t-urgent", 1)
+    assert audit.chosen_node_id == stop.node_id == "node-7"
+    assert audit.decision_id == preempt.decision_id
+    assert audit.stimulus_id == "e-urgent"
+    assert audit.policy_version == "forecast/1"
+    assert "critical outranks low" in audit.reason
+    assert "attempt 1 of t-batch" in audit.reason
+    assert "on node-7" in audit.reason
+    assert decode(encode(audit), now=T0) == audit
+
+
+# ====================================================================== policy updates
+def test_policy_update_switches_the_policy_named_in_later_audits() -> None:
+    core = placement_core()
+    sub = gpu_submission()
+    now_s = T0.timestamp()
+    update = wire_schemas.PolicyUpdate(
+        **WIRE, event_id="w-pol", policy="best-fit", parameters={"max_scan": 32}
+    )
+    out = run(core, update, heartbeat(), sub, now_s=now_s)
+    (changed,) = [i for i in out if isinstance(i, PolicyUpdated)]
+    assert (changed.policy, changed.version, changed.changed) == (
+        "best-fit",
+        "best-fit/1+max_scan=32",
+        True,
+    )
+    (assign,) = [i for i in out if isinstance(i, Assign)]
+    _, audit = wire_records_from_instruction(
+        assign, submissions={sub.task_id: sub}, occurred_at=T0, source="p"
+    )
+    assert isinstance(audit, wire_schemas.DecisionAudit)
+    assert (audit.policy, audit.policy_version) == ("best-fit", "best-fit/1+max_scan=32")
+
+
+def test_unsupported_policy_update_is_rejected_with_a_reason() -> None:
+    core = placement_core()
+    update = wire_schemas.PolicyUpdate(**WIRE, event_id="w-ab", policy="fifo", split_ratio=0.5)
+    (rejected,) = run(core, update, now_s=T0.timestamp())
+    assert isinstance(rejected, PolicyRejected)
+    assert "split_ratio=0.5 is not supported yet" in rejected.reason
+    assert core.policy.name == "forecast"
+    assert wire_from_instruction(rejected, submissions={}, occurred_at=T0, source="p") is None

@@ -588,3 +588,58 @@ def test_exported_schema_rejects_invalid(
     mutate(payload)
     schema = exported["task.submitted"]
     assert _problems(payload, schema, schema) != []
+
+
+# ---- preemption audits (decision.audit with kind="preempt") ---------------------------------
+PREEMPT_AUDIT = DecisionAudit(
+    **ENV,
+    event_id="d-00000042.t-batch.3.audit",
+    kind="preempt",
+    decision_id="d-00000042",
+    stimulus_id="e-urgent",
+    task_id="t-urgent",
+    attempt=1,
+    policy="forecast",
+    policy_version="forecast/1",
+    model_version="running-mean@12",
+    decided_at_s=1741.5,
+    chosen_node_id="gpu-v100-0",
+    chosen_hardware="gpu-v100",
+    predicted_runtime_s=600.0,
+    reason="forecast: preempt attempt 3 of t-batch on gpu-v100-0: critical outranks low",
+    preempted_task_id="t-batch",
+    preempted_attempt=3,
+)
+
+
+def test_preempt_audit_round_trips_and_matches_the_exported_schema(
+    exported: dict[str, dict[str, Any]],
+) -> None:
+    raw = encode(PREEMPT_AUDIT)
+    assert decode(raw, now=NOW) == PREEMPT_AUDIT
+    schema = exported["decision.audit"]
+    assert _problems(json.loads(raw), schema, schema) == []
+    # An audit written before the field existed is an assignment audit.
+    old = _payload(next(ev for ev in EXAMPLES if isinstance(ev, DecisionAudit)))
+    del old["kind"], old["preempted_task_id"], old["preempted_attempt"]
+    assert decode(json.dumps(old), now=NOW).kind == "assign"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (_set("preempted_attempt", None), "needs preempted_task_id and preempted_attempt"),
+        (_drop("preempted_task_id"), "needs preempted_task_id and preempted_attempt"),
+        (_set("kind", "assign"), 'need kind="preempt"'),
+        (_set("kind", "evict"), "'assign' or 'preempt'"),
+        (_set("preempted_attempt", 0), "greater than or equal to 1"),
+    ],
+)
+def test_invalid_preempt_audit_names_the_problem(
+    mutate: Callable[[dict[str, Any]], None], words: str
+) -> None:
+    payload = _payload(PREEMPT_AUDIT)
+    mutate(payload)
+    with pytest.raises(InvalidEvent) as info:
+        decode(json.dumps(payload), now=NOW)
+    assert words in info.value.reason, info.value.reason

@@ -14,13 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from streamsched.agents.runner import AttemptRunner, LifecycleEvent
+from streamsched.agents.runner import (
+    REPLAY_RESTART_OVERHEAD_ENV,
+    REPLAY_RUNTIMES_ENV,
+    SHUTDOWN_REASON,
+    AttemptRunner,
+    LifecycleEvent,
+    replay_runtime_s,
+)
 from streamsched.schemas.decisions import Assignment
 from streamsched.schemas.lifecycle import (
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
+    TaskLost,
     TaskPreempted,
+    TaskProgress,
     TaskStarted,
 )
 
@@ -28,7 +37,7 @@ pytestmark = pytest.mark.timeout(10)
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NODE = "node-7"
-TERMINAL = (TaskCompleted, TaskFailed, TaskPreempted, TaskCancelled)
+TERMINAL = (TaskCompleted, TaskFailed, TaskPreempted, TaskCancelled, TaskLost)
 WAIT_S = 5.0
 
 # A child that prints a ready line, then ignores SIGTERM and sleeps.
@@ -141,8 +150,10 @@ def reports() -> Reports:
 def make_runner(tmp_path: Path, reports: Reports) -> Iterator[Callable[..., AttemptRunner]]:
     runners: list[AttemptRunner] = []
 
-    def make(grace_s: float = 2.0) -> AttemptRunner:
-        runner = AttemptRunner(tmp_path / "logs", NODE, reports, clock=lambda: NOW, grace_s=grace_s)
+    def make(grace_s: float = 2.0, **settings: float) -> AttemptRunner:
+        runner = AttemptRunner(
+            tmp_path / "logs", NODE, reports, clock=lambda: NOW, grace_s=grace_s, **settings
+        )
         runners.append(runner)
         return runner
 
@@ -395,7 +406,8 @@ def test_stop_all_leaves_no_processes(
     assert [pid for pid in grandchildren if pid_alive(pid)] == []
     ends = [e for e in reports.events if isinstance(e, TERMINAL)]
     assert sorted(e.task_id for e in ends) == ["t1", "x", "y"]
-    assert all(isinstance(e, TaskCancelled) for e in ends)
+    # A shutdown is not a cancel: the scheduler must re-queue the tasks.
+    assert all(isinstance(e, TaskLost) and e.reason == SHUTDOWN_REASON for e in ends)
 
 
 def test_failing_report_callback_does_not_break_the_runner(tmp_path: Path) -> None:
@@ -410,3 +422,247 @@ def test_failing_report_callback_does_not_break_the_runner(tmp_path: Path) -> No
     runner.start(assignment(py("pass")))
     assert done.wait(WAIT_S)
     assert runner.running() == []
+
+
+# ---------------------------------------------------------------------- progress
+# A child that writes its own fraction into the progress file (atomically), then waits; on
+# SIGTERM it writes a checkpoint fraction, if it has one, and exits.
+PROGRESS_THEN_WAIT = (
+    "import os, signal, sys, time\n"
+    "path = os.environ['STREAMSCHED_PROGRESS_FILE']\n"
+    "def write(text):\n"
+    "    tmp = path + '.tmp'\n"
+    "    open(tmp, 'w').write(text)\n"
+    "    os.replace(tmp, path)\n"
+    "def on_term(*_):\n"
+    "    if {on_term!r}:\n"
+    "        write({on_term!r})\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, on_term)\n"
+    "for text in {values!r}:\n"
+    "    write(text)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def progress_task(values: Sequence[str], on_term: str = "") -> list[str]:
+    return py(PROGRESS_THEN_WAIT.format(values=list(values), on_term=on_term))
+
+
+def progress_of(reports: Reports, task_id: str = "t1") -> list[float]:
+    return [e.progress for e in reports.of(task_id) if isinstance(e, TaskProgress)]
+
+
+def test_progress_file_is_reported_as_whole_task_progress(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(progress_poll_s=0.02, progress_interval_s=0.02)
+    runner.start(assignment(progress_task(["0.5"]), resume_progress=0.2))
+    reports.wait_for(lambda events: any(isinstance(e, TaskProgress) for e in events))
+    assert progress_of(reports) == [pytest.approx(0.6)]  # 0.2 + 0.8 * 0.5
+    (progress,) = [e for e in reports.of("t1") if isinstance(e, TaskProgress)]
+    assert (progress.task_id, progress.attempt, progress.node_id) == ("t1", 1, NODE)
+    assert runner.preempt("t1", 1) is True
+    preempted = reports.terminal()
+    assert isinstance(preempted, TaskPreempted)
+    assert preempted.progress == pytest.approx(0.6)
+
+
+def test_preemption_reports_the_value_written_on_sigterm(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(progress_poll_s=60.0)  # only the read after the exit counts
+    runner.start(assignment(progress_task(["0.1"], on_term="0.75"), resume_progress=0.2))
+    wait_for_log(runner.log_path("t1", 1), "ready")
+    assert runner.preempt("t1", 1) is True
+    preempted = reports.terminal()
+    assert isinstance(preempted, TaskPreempted)
+    assert preempted.progress == pytest.approx(0.8)  # 0.2 + 0.8 * 0.75
+    assert progress_of(reports) == []
+
+
+def test_progress_reports_are_rate_limited(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(progress_poll_s=0.02, progress_interval_s=60.0)
+    code = (
+        "import os, time\n"
+        "path = os.environ['STREAMSCHED_PROGRESS_FILE']\n"
+        "for i in range(1, 6):\n"
+        "    open(path + '.t', 'w').write(str(i / 10)); os.replace(path + '.t', path)\n"
+        "    time.sleep(0.1)\n"
+        "print('written', flush=True); time.sleep(60)\n"
+    )
+    runner.start(assignment(py(code)))
+    wait_for_log(runner.log_path("t1", 1), "written")
+    assert runner.preempt("t1", 1) is True
+    preempted = reports.terminal()
+    assert len(progress_of(reports)) == 1  # five changes, one report per 60 s at most
+    assert isinstance(preempted, TaskPreempted)
+    assert preempted.progress == pytest.approx(0.5)  # the latest value, not the reported one
+
+
+def test_garbage_in_the_progress_file_is_ignored_with_one_warning(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(progress_poll_s=0.02, progress_interval_s=0.02)
+    code = (
+        "import os, time\n"
+        "path = os.environ['STREAMSCHED_PROGRESS_FILE']\n"
+        "for text in ['0.3', 'half done', '1.5', 'nan']:\n"
+        "    open(path + '.t', 'w').write(text); os.replace(path + '.t', path)\n"
+        "    time.sleep(0.2)\n"
+        "open(path + '.t', 'w').write('0.9'); os.replace(path + '.t', path)\n"
+        "print('written', flush=True); time.sleep(60)\n"
+    )
+    runner.start(assignment(py(code)))
+    reports.wait_for(lambda events: pytest.approx(0.9) in progress_of(reports))
+    log = runner.log_path("t1", 1).read_text()
+    for garbage in ("'half done'", "'1.5'", "'nan'"):
+        assert log.count(f"streamsched: ignoring progress {garbage}") == 1, log
+    assert "expected one number in [0, 1]" in log
+    assert {round(p, 6) for p in progress_of(reports)} <= {0.3, 0.9}
+    assert runner.preempt("t1", 1) is True
+    preempted = reports.terminal()
+    assert isinstance(preempted, TaskPreempted)
+    assert preempted.progress == pytest.approx(0.9)
+
+
+def test_a_task_without_progress_is_preempted_at_its_resume_progress(
+    runner: AttemptRunner, reports: Reports
+) -> None:
+    runner.start(assignment(py(SLEEPER), resume_progress=0.4))
+    wait_for_log(runner.log_path("t1", 1), "ready")
+    assert runner.preempt("t1", 1) is True
+    preempted = reports.terminal()
+    assert isinstance(preempted, TaskPreempted)
+    assert preempted.progress == pytest.approx(0.4)
+
+
+def test_the_progress_file_is_named_in_the_environment(
+    runner: AttemptRunner, reports: Reports
+) -> None:
+    runner.start(assignment(py("import os; print(os.environ['STREAMSCHED_PROGRESS_FILE'])")))
+    reports.terminal()
+    named = runner.log_path("t1", 1).read_text().strip()
+    assert named == str(runner.progress_path("t1", 1))
+    assert Path(named).parent == runner.log_dir
+
+
+def test_shutdown_reports_the_latest_progress_then_lost(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(progress_poll_s=60.0)
+    runner.start(assignment(progress_task(["0.5"]), resume_progress=0.5))
+    wait_for_log(runner.log_path("t1", 1), "ready")
+    runner.stop_all()
+    started, progress, lost = reports.of("t1")
+    assert isinstance(started, TaskStarted)
+    assert isinstance(progress, TaskProgress)
+    assert progress.progress == pytest.approx(0.75)
+    assert isinstance(lost, TaskLost)
+    assert lost.reason == SHUTDOWN_REASON
+
+
+def test_replay_reports_elapsed_progress_and_preempts_with_it(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(progress_interval_s=0.05)
+    runner.start(assignment(()), replay_runtime_s=100.0, speedup=20.0)  # 5 wall seconds
+    reports.wait_for(lambda events: len(progress_of(reports)) >= 3)
+    assert runner.preempt("t1", 1) is True
+    preempted = reports.terminal()
+    seen = progress_of(reports)
+    assert seen == sorted(seen)
+    assert 0.0 < seen[0] < 0.5
+    assert isinstance(preempted, TaskPreempted)
+    assert seen[-1] <= preempted.progress < 0.9
+
+
+def test_replay_progress_counts_earlier_attempts(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    runner = make_runner(progress_interval_s=0.05)
+    runner.start(assignment((), resume_progress=0.5), replay_runtime_s=100.0, speedup=20.0)
+    reports.wait_for(lambda events: len(progress_of(reports)) >= 1)
+    assert runner.preempt("t1", 1) is True
+    preempted = reports.terminal()
+    assert isinstance(preempted, TaskPreempted)
+    assert 0.5 < progress_of(reports)[0] <= preempted.progress < 0.95
+
+
+# ---------------------------------------------------------------------- replay runtimes
+def replay_job(
+    runtimes: object = None, resume: float = 0.0, overhead: str | None = None
+) -> Assignment:
+    env: dict[str, str] = {}
+    if runtimes is not None:
+        env[REPLAY_RUNTIMES_ENV] = runtimes if isinstance(runtimes, str) else json.dumps(runtimes)
+    if overhead is not None:
+        env[REPLAY_RESTART_OVERHEAD_ENV] = overhead
+    return assignment((), env=env, resume_progress=resume)  # predicted_runtime_s=1.0
+
+
+@pytest.mark.parametrize(
+    ("runtimes", "hardware", "expected"),
+    [
+        ({"gpu-v100": 3600.0, "gpu-k80": 9000, "*": 5000.0}, "gpu-k80", 9000.0),
+        ({"gpu-v100": 3600.0, "*": 5000.0}, "gpu-k80", 5000.0),
+        ({"gpu-v100": 3600.0}, "gpu-k80", 1.0),  # the prediction
+        (None, "gpu-v100", 1.0),
+    ],
+)
+def test_replay_runtime_is_the_true_runtime_on_this_hardware(
+    runtimes: object, hardware: str, expected: float
+) -> None:
+    assert replay_runtime_s(replay_job(runtimes), hardware) == expected
+
+
+def test_replay_runtime_of_a_resumed_attempt() -> None:
+    job = replay_job({"cpu": 1000.0}, resume=0.25)
+    assert replay_runtime_s(job, "cpu") == 750.0  # no restart overhead unless asked
+    job = replay_job({"cpu": 1000.0}, resume=0.25, overhead="30")
+    assert replay_runtime_s(job, "cpu") == 780.0
+    # The prediction already covers only the remaining work.
+    assert replay_runtime_s(replay_job(None, resume=0.25, overhead="30"), "cpu") == 31.0
+    # A first attempt pays no restart overhead.
+    assert replay_runtime_s(replay_job({"cpu": 1000.0}, overhead="30"), "cpu") == 1000.0
+
+
+@pytest.mark.parametrize(
+    ("runtimes", "overhead", "message"),
+    [
+        ("{not json", None, "STREAMSCHED_REPLAY_RUNTIMES is not valid JSON"),
+        ("[3600]", None, "STREAMSCHED_REPLAY_RUNTIMES must be a JSON object"),
+        ({"cpu": "3600"}, None, "STREAMSCHED_REPLAY_RUNTIMES['cpu'] = '3600'"),
+        ({"cpu": -1}, None, "must be a positive number of seconds"),
+        ({"cpu": True}, None, "STREAMSCHED_REPLAY_RUNTIMES['cpu'] = True"),
+        ({"cpu": 10.0}, "soon", "STREAMSCHED_REPLAY_RESTART_OVERHEAD_S='soon'"),
+        ({"cpu": 10.0}, "-5", "must be a number of seconds >= 0"),
+    ],
+)
+def test_malformed_replay_settings_name_the_variable(
+    runtimes: object, overhead: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        replay_runtime_s(replay_job(runtimes, resume=0.5, overhead=overhead), "cpu")
+
+
+def test_fail_unstarted_reports_a_final_failure_once(
+    runner: AttemptRunner, reports: Reports
+) -> None:
+    job = assignment(())
+    runner.fail_unstarted(job, "STREAMSCHED_REPLAY_RUNTIMES is not valid JSON")
+    runner.fail_unstarted(job, "again")  # a redelivery
+    runner.start(job)  # ignored too: the attempt is finished
+    (failed,) = reports.of("t1")
+    assert isinstance(failed, TaskFailed)
+    assert failed.retryable is False
+    assert failed.reason == "STREAMSCHED_REPLAY_RUNTIMES is not valid JSON"
+
+
+def test_a_task_id_cannot_escape_the_log_directory(runner: AttemptRunner) -> None:
+    path = runner.log_path("../../etc/x", 1)
+    assert path.parent == runner.log_dir
+    assert path.name == "..%2F..%2Fetc%2Fx.1.log"

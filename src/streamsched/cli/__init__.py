@@ -34,6 +34,9 @@ app.command("placement")(live.placement)
 app.command("broker")(live.broker)
 app.command("submit")(tasks_cmd.submit)
 app.command("cancel")(tasks_cmd.cancel)
+app.command("processor")(tasks_cmd.processor)
+app.command("status")(tasks_cmd.status)
+app.command("ingest")(tasks_cmd.ingest)
 app.command("up")(up_cmd.up)
 
 #: What ``streamsched demo`` (and ``make demo``) runs.

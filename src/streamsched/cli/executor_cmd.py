@@ -2,7 +2,10 @@
 
 The executor joins the broker named by ``KAFKA_BOOTSTRAP_SERVERS`` (it never starts one:
 an embedded broker private to the executor would have no scheduler). Ctrl-C or SIGTERM
-cancels running attempts, flushes the reports and leaves cleanly.
+stops running attempts (reporting each as ``task.lost``, so the scheduler re-queues it),
+flushes the reports and leaves cleanly. ``--metrics-port`` serves Prometheus metrics on
+127.0.0.1 and prints ``metrics: http://127.0.0.1:PORT/metrics`` on stdout. See
+docs/executor.md.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from streamsched import metrics
 from streamsched.agents.executor import ExecutorAgent
 from streamsched.broker import client_config
 from streamsched.scheduler.model import NodeSpec
@@ -84,18 +88,44 @@ def executor(
     ] = None,
     log_dir: Annotated[
         Path | None,
-        typer.Option("--log-dir", help="Attempt logs (default: ./streamsched-logs/<node-id>)."),
+        typer.Option(
+            "--log-dir",
+            help="Attempt logs, progress files and the attempt journal "
+            "(default: ./streamsched-logs/<node-id>).",
+        ),
     ] = None,
     replay_speedup: Annotated[
         float | None,
         typer.Option(
             "--replay-speedup",
-            help="Replay mode: run no command, each attempt lasts predicted runtime / X.",
+            help="Replay mode: run no command; each attempt lasts its true runtime on this "
+            "hardware (STREAMSCHED_REPLAY_RUNTIMES in the task's env, else the predicted "
+            "runtime) / X wall seconds.",
         ),
     ] = None,
     heartbeat_s: Annotated[
         float, typer.Option("--heartbeat-s", help="Seconds between heartbeats.")
     ] = 2.0,
+    progress_poll_s: Annotated[
+        float,
+        typer.Option("--progress-poll-s", help="Seconds between reads of a progress file."),
+    ] = 1.0,
+    progress_interval_s: Annotated[
+        float,
+        typer.Option(
+            "--progress-interval-s",
+            help="Least seconds between two progress reports of an attempt (replay: period).",
+        ),
+    ] = 5.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on 127.0.0.1:PORT (0: a free port; printed).",
+        ),
+    ] = None,
 ) -> None:
     """Run this machine as an executor node: consume its assignments, run them, report back.
 
@@ -112,6 +142,10 @@ def executor(
         fail(f"--replay-speedup {replay_speedup}: must be positive")
     if not heartbeat_s > 0:
         fail(f"--heartbeat-s {heartbeat_s}: must be positive")
+    if not progress_poll_s > 0:
+        fail(f"--progress-poll-s {progress_poll_s}: must be positive")
+    if not progress_interval_s > 0:
+        fail(f"--progress-interval-s {progress_interval_s}: must be positive")
     node = NodeSpec(node_id, hardware_class, cpu_milli, memory_mib, gpus, _parse_labels(label))
     servers, settings = require_bootstrap("executor")
     with cli_errors():
@@ -121,6 +155,8 @@ def executor(
             log_dir=log_dir or Path("streamsched-logs") / node_id,
             heartbeat_interval_s=heartbeat_s,
             replay_speedup=replay_speedup,
+            progress_poll_s=progress_poll_s,
+            progress_interval_s=progress_interval_s,
         )
     if hardware_class not in KNOWN_HARDWARE_CLASSES:
         typer.echo(
@@ -128,4 +164,13 @@ def executor(
             "must be configured with it",
             err=True,
         )
+    if metrics_port is not None:
+        try:
+            port = metrics.serve(metrics_port)
+        except OSError as exc:
+            agent.close()
+            fail(
+                f"--metrics-port {metrics_port}: cannot listen on 127.0.0.1: {exc.strerror or exc}"
+            )
+        typer.echo(f"metrics: http://127.0.0.1:{port}/metrics")
     run_until_signalled(agent.run, f"executor {node_id}")

@@ -1,7 +1,9 @@
-"""``streamsched submit`` and ``streamsched cancel``: put work on a live cluster.
+"""``streamsched submit``, ``cancel``, ``ingest`` and ``status``: use a live cluster.
 
-Both produce validated wire events (the same checks any consumer applies), so bad input
-is refused here with the field and the reason, before it reaches Kafka.
+The write commands produce validated wire events through :class:`streamsched.client.Client`
+(the same checks any consumer applies), so bad input is refused here with the field and
+the reason, before it reaches Kafka. ``status`` reads the stream processor's status view.
+Bad input exits 2; an unreachable broker or processor, or an unknown task, exits 1.
 """
 
 from __future__ import annotations
@@ -9,26 +11,32 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from rich.table import Table
 
 from streamsched.broker import client_config
+from streamsched.client import Client, ClientError, submission_event
 from streamsched.schemas import codec, topics
-from streamsched.schemas.commands import CancelTask
+from streamsched.schemas.data import DataIngested
 from streamsched.schemas.decisions import DecisionAudit
 from streamsched.schemas.envelope import SCHEMA_VERSION, new_event_id
-from streamsched.schemas.tasks import TaskRejected, TaskSubmitted
+from streamsched.schemas.tasks import TaskRejected
+from streamsched.streams.state import TaskState, TaskStatus
 
-from ._common import cli_errors, fail
+from ._common import cli_errors, fail, stdout_console
 from .executor_cmd import parse_cpus, parse_memory_mib
 from .live import require_bootstrap
+from .processor_cmd import processor
 
-__all__ = ["cancel", "submit"]
+__all__ = ["cancel", "ingest", "processor", "status", "submit"]
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -117,11 +125,12 @@ def submit(
             "env": _pairs(env, "--env"),
         }
     with cli_errors():
-        event = codec.validate_as(TaskSubmitted, data, now=datetime.now(UTC))
+        event = submission_event(data, source="cli")
     servers, settings = require_bootstrap("submit command")
     config = client_config(servers, settings)
     watcher = _DecisionWatcher(config) if wait else None
-    _produce(config, topics.TASKS_SUBMITTED, event.task_id, codec.encode(event))
+    with _client(servers) as client:
+        client.submit(event)
     typer.echo(f"submitted {event.task_id}")
     if watcher is not None:
         watcher.report(event.task_id, wait_s)
@@ -133,26 +142,130 @@ def cancel(
     reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "cancelled by user",
 ) -> None:
     """Cancel a task: queued, it is dropped; running, its attempt is stopped."""
-    data = {
-        "type": "command.cancel_task",
-        **_envelope(),
-        "task_id": task_id,
-        "reason": reason,
-        "requested_by": tenant,
-    }
-    with cli_errors():
-        event = codec.validate_as(CancelTask, data, now=datetime.now(UTC))
-    servers, settings = require_bootstrap("cancel command")
-    _produce(client_config(servers, settings), topics.COMMANDS, task_id, codec.encode(event))
+    servers, _settings = require_bootstrap("cancel command")
+    with _client(servers) as client, cli_errors():
+        client.cancel(task_id, reason=reason, tenant=tenant)
     typer.echo(f"cancel requested for {task_id}")
 
 
-def _produce(config: dict[str, Any], topic: str, key: str, value: bytes) -> None:
-    producer = Producer(config)
-    producer.produce(topic, value, key=key.encode())
-    if producer.flush(15) != 0:
-        typer.echo(f"error: could not deliver to {topic} within 15 s", err=True)
-        raise typer.Exit(1)
+def ingest(
+    dataset: Annotated[str, typer.Option(help="Dataset that received new data.")],
+    rows: Annotated[int, typer.Option(help="Rows added by this ingestion.")],
+    bytes_: Annotated[int, typer.Option("--bytes", help="Bytes added by this ingestion.")],
+    location: Annotated[str, typer.Option(help="Where the new data is (s3://, gs://, file:).")],
+) -> None:
+    """Announce new data in a dataset (sched.data.ingested); trigger rules may fire."""
+    data = {
+        "type": "data.ingested",
+        **_envelope(),
+        "dataset": dataset,
+        "rows": rows,
+        "bytes": bytes_,
+        "location": location,
+    }
+    with cli_errors():  # refuse bad input before looking for a broker
+        codec.validate_as(DataIngested, data, now=datetime.now(UTC))
+    servers, _settings = require_bootstrap("ingest command")
+    with _client(servers) as client, cli_errors():
+        event_id = client.ingest(dataset, rows, bytes_, location)
+    typer.echo(f"ingested {rows} rows, {bytes_} bytes into {dataset} (event {event_id})")
+
+
+@contextmanager
+def _client(servers: str | None = None, status_url: str | None = None) -> Iterator[Client]:
+    """A Client whose failures (broker or status view unreachable) exit 1 with one line."""
+    client = Client(servers, status_url, source="cli")
+    try:
+        yield client
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
+def status(
+    task_id: Annotated[str | None, typer.Argument(help="A task id; none: recent tasks.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    status_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Status view of the processor (default: $STREAMSCHED_STATUS_URL "
+            "or http://127.0.0.1:6066)."
+        ),
+    ] = None,
+    state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only tasks of this tenant.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many tasks.")] = 20,
+) -> None:
+    """Show a task's status, or recent tasks and the summary, from the stream processor."""
+    if state is not None and state not in {s.value for s in TaskState}:
+        fail(f"--state {state!r}: expected one of {', '.join(s.value for s in TaskState)}")
+    with _client(status_url=status_url) as client:
+        if task_id is not None:
+            one = client.query(task_id)
+            if as_json:
+                typer.echo(json.dumps(one.to_json(), indent=2))
+            else:
+                _print_task(one)
+            return
+        recent = client.tasks(state=state, tenant=tenant, limit=limit)
+        summary = client.summary()
+    if as_json:
+        typer.echo(json.dumps({"tasks": [t.to_json() for t in recent], "summary": summary}))
+        return
+    _print_overview(recent, summary)
+
+
+def _runtime(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _print_task(task: TaskStatus) -> None:
+    rows = [
+        ("task", task.task_id),
+        ("state", task.state.value),
+        ("tenant", task.tenant or "-"),
+        ("type", task.task_type or "-"),
+        ("node", task.node or "-"),
+        ("hardware", task.hardware or "-"),
+        ("attempt", str(task.attempt)),
+        ("retries", f"{task.retries}/{task.max_retries if task.max_retries is not None else '?'}"),
+        ("predicted runtime", _runtime(task.predicted_runtime_s)),
+        ("actual runtime", _runtime(task.actual_runtime_s)),
+        ("decision", task.decision_id or "-"),
+        ("reason", task.decision_reason or "-"),
+    ]
+    for label, value in (
+        ("rejected", task.rejection_reason),
+        ("failure", task.failure_reason),
+        ("cancelled", task.cancel_reason),
+    ):
+        if value:
+            rows.append((label, value))
+    if task.stale_count:
+        rows.append(("stale events", str(task.stale_count)))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        typer.echo(f"{label:<{width}}  {value}")
+
+
+def _print_overview(tasks: list[TaskStatus], summary: dict[str, Any]) -> None:
+    console = stdout_console()
+    table = Table(title="recent tasks")
+    for column in ("task", "state", "tenant", "node", "hardware", "attempt", "predicted", "actual"):
+        table.add_column(column)
+    for t in tasks:
+        table.add_row(
+            t.task_id, t.state.value, t.tenant or "-", t.node or "-", t.hardware or "-",
+            str(t.attempt), _runtime(t.predicted_runtime_s), _runtime(t.actual_runtime_s),
+        )  # fmt: skip
+    console.print(table)
+    counts = ", ".join(f"{k} {v}" for k, v in summary.get("per_state", {}).items() if v)
+    console.print(f"{summary.get('tasks', 0)} tasks: {counts or 'none'}", markup=False)
+    for hardware, per in sorted(summary.get("per_hardware", {}).items()):
+        line = ", ".join(f"{k} {v}" for k, v in sorted(per.items()))
+        console.print(f"  {hardware}: {line}", markup=False)
 
 
 class _DecisionWatcher:

@@ -46,6 +46,10 @@ def up(
     duration_s: Annotated[
         float, typer.Option("--duration-s", help="Target wall time of the replay, seconds.")
     ] = 120.0,
+    warmup_s: Annotated[
+        float,
+        typer.Option("--warmup-s", min=0.0, help="Seconds the components get to start."),
+    ] = 10.0,
     jobs: Annotated[
         int | None, typer.Option(min=1, help="Replay only the first N jobs (by arrival).")
     ] = None,
@@ -75,6 +79,7 @@ def up(
         policy=policy,
         executors=executors,
         duration_s=duration_s,
+        warmup_s=warmup_s,
         jobs=jobs,
         run_dir=run_dir,
         timeout_s=timeout_s,

@@ -475,9 +475,10 @@ class _EventReader:
     def _run(self) -> None:
         while not self._stop.is_set():
             for msg in self._consumer.consume(num_messages=500, timeout=0.1):
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        logger.warning("reader: %s", msg.error())
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        logger.warning("reader: %s", error)
                     continue
                 try:
                     event = codec.decode(msg.value() or b"")

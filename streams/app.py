@@ -1,0 +1,515 @@
+"""The stream processor: a faust-streaming app that keeps the live status view.
+
+Consumes (consumer group = the app id, default ``streamsched-processor``):
+
+- ``sched.tasks.submitted``, ``sched.decisions``, ``sched.tasks.events`` and
+  ``sched.commands`` -> table ``tasks`` (task id -> :class:`~.state.TaskStatus`);
+- ``sched.nodes.heartbeats`` -> table ``nodes`` (node id -> :class:`~.state.NodeStatus`);
+- ``sched.data.ingested`` -> tables ``datasets`` (:class:`~.state.DatasetStatus`) and
+  ``triggers`` (rule name -> :class:`~.triggers.TriggerState`); a rule that is due publishes
+  a ``task.submitted`` to ``sched.tasks.submitted``. The internal topic
+  ``<app id>-ticks`` wakes the trigger agent when a held-back fire becomes due
+  (debounce over, previous triggered task finished) without new data.
+
+Records of ``sched.data.ingested`` that do not decode are copied to ``sched.deadletter``
+with headers ``error.field``, ``error.reason``, ``source.topic``, ``source.partition``,
+``source.offset``; undecodable records of the other topics are skipped and counted (the
+placement agent dead-letters those). The status view is served by faust's web server on
+127.0.0.1 (see :func:`create_app` for the routes). One processor instance per cluster:
+the web view reads every partition of the tables from the local worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from confluent_kafka.admin import AdminClient
+
+from streamsched import metrics
+from streamsched.broker import ensure_topics
+
+from ..schemas import codec, topics
+from ..schemas.data import DataIngested
+from ..schemas.errors import PAYLOAD_FIELD, InvalidEvent
+from ..schemas.hardware import is_valid_hardware_name
+from ..schemas.nodes import NodeHeartbeat
+from . import state as st
+from . import triggers as tr
+from .kafka_config import faust_broker_settings
+
+logger = logging.getLogger(__name__)
+
+APP_ID: Final = "streamsched-processor"
+DEFAULT_WEB_PORT: Final = 6066
+COMPONENT: Final = "processor"
+#: Topics folded into the ``tasks`` table.
+TASK_TOPICS: Final = (topics.TASKS_SUBMITTED, topics.DECISIONS, topics.TASK_EVENTS, topics.COMMANDS)
+#: Partitions of the core topics when the processor has to create them (as placement does).
+CORE_TOPIC_PARTITIONS: Final = 4
+#: How often the trigger timer checks for held-back fires that became due.
+TICK_INTERVAL_S: Final = 1.0
+#: Largest ``limit`` of ``GET /tasks``.
+MAX_LIMIT: Final = 1000
+#: "Now" used to decode inputs: the status view records what happened, so a replayed
+#: submission whose deadline has passed since must still decode.
+_DECODE_NOW: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """How to run the processor. ``kafka_config`` is a librdkafka configuration (from
+    :func:`streamsched.broker.client_config`)."""
+
+    kafka_config: Mapping[str, Any]
+    web_port: int = DEFAULT_WEB_PORT
+    web_bind: str = "127.0.0.1"
+    rules: tuple[tr.TriggerRule, ...] = ()
+    app_id: str = APP_ID
+    datadir: Path | None = None
+    #: Called with the status URL once the web server accepts connections.
+    on_web_ready: Callable[[str], None] | None = None
+    extra_app_settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ticks_topic(self) -> str:
+        return f"{self.app_id}-ticks"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{self.web_bind}:{self.web_port}"
+
+
+def _now_dt() -> datetime:
+    return datetime.now(UTC)
+
+
+class Processor:
+    """The processor's logic between faust and the pure folds; the tables are faust
+    ``Table`` s (or any mutable mapping, for tests) holding JSON dicts."""
+
+    def __init__(
+        self,
+        rules: tuple[tr.TriggerRule, ...],
+        tasks: Any,
+        nodes: Any,
+        datasets: Any,
+        trigger_table: Any,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rules = rules
+        self.tasks = tasks
+        self.nodes = nodes
+        self.datasets = datasets
+        self.trigger_table = trigger_table
+        self.clock = clock
+        self.known_hardware: set[str] = set()
+        #: Undecodable records skipped, by topic (shown on /summary).
+        self.skipped: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, topic: str, raw: bytes) -> codec.Event:
+        """Decode one record; raises InvalidEvent (field, reason) when it cannot."""
+        metrics.EVENTS_CONSUMED.labels(COMPONENT, topic).inc()
+        if topic == topics.NODE_HEARTBEATS:
+            self._learn_hardware(raw)
+        try:
+            return codec.decode(raw, now=_DECODE_NOW, known_hardware=self.known_hardware)
+        except InvalidEvent:
+            raise
+        except Exception as exc:  # anything else undecodable is bad input too
+            raise InvalidEvent(None, PAYLOAD_FIELD, f"{type(exc).__name__}: {exc}") from None
+
+    def _learn_hardware(self, raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return
+        hardware = data.get("hardware") if isinstance(data, dict) else None
+        if isinstance(hardware, str) and is_valid_hardware_name(hardware):
+            self.known_hardware.add(hardware)
+
+    def skip(self, topic: str, exc: InvalidEvent) -> None:
+        self.skipped[topic] += 1
+        logger.warning("skipping an undecodable record of %s: %s", topic, exc)
+
+    # ------------------------------------------------------------------ tasks
+
+    def on_task_event(self, event: codec.Event) -> st.TaskStatus | None:
+        """Fold a task event into the ``tasks`` table; update the outcome metrics."""
+        task_id = st.task_id_of(event)
+        if task_id is None:
+            return None
+        old = st.load_task(self.tasks.get(task_id))
+        new = st.apply(old, event)
+        if new is None or new is old:
+            return old
+        self.tasks[task_id] = new.to_json()
+        if st.became_terminal(old, new):
+            metrics.TASK_OUTCOMES.labels(new.state.value, new.hardware or "").inc()
+        observed = st.forecast_observation(old, new)
+        if observed is not None:
+            hardware, predicted, actual = observed
+            metrics.FORECAST_ERROR.labels(hardware).observe(abs(predicted - actual))
+            if actual > 0:
+                metrics.FORECAST_RELATIVE_ERROR.labels(hardware).observe(
+                    abs(predicted - actual) / actual
+                )
+        return new
+
+    def task(self, task_id: str) -> st.TaskStatus | None:
+        return st.load_task(self.tasks.get(task_id))
+
+    def all_tasks(self) -> list[st.TaskStatus]:
+        return [st.TaskStatus.model_validate(v) for v in list(self.tasks.values())]
+
+    # ------------------------------------------------------------------ nodes
+
+    def on_heartbeat(self, hb: NodeHeartbeat) -> None:
+        data = self.nodes.get(hb.node_id)
+        old = None if data is None else st.NodeStatus.model_validate(data)
+        new = st.apply_heartbeat(old, hb)
+        if new is not old:
+            self.nodes[hb.node_id] = new.to_json()
+
+    # ------------------------------------------------------------------ data, triggers
+
+    def on_ingest(self, ev: DataIngested) -> list[Any]:
+        """Fold ``ev`` into the dataset and every rule watching it; the submissions of
+        the rules that fire (the caller publishes them)."""
+        data = self.datasets.get(ev.dataset)
+        old = None if data is None else st.DatasetStatus.model_validate(data)
+        new, fresh = st.apply_ingest(old, ev)
+        if not fresh:
+            return []
+        self.datasets[ev.dataset] = new.to_json()
+        metrics.DATA_INGESTED_BYTES.inc(ev.bytes)
+        fired = []
+        for rule in tr.rules_for(self.rules, ev.dataset):
+            state = tr.observe(self._trigger_state(rule), rule, ev)
+            state, submission = tr.step(state, rule, self.clock(), self._previous_done(state))
+            self.trigger_table[rule.name] = state.to_json()
+            if submission is not None:
+                fired.append(self._fired(rule, submission))
+        return fired
+
+    def due_rules(self) -> list[tr.TriggerRule]:
+        """Rules whose held-back fire is due now (read-only; used by the timer)."""
+        now = self.clock()
+        return [
+            rule
+            for rule in self.rules
+            if tr.due(state := self._trigger_state(rule), rule, now, self._previous_done(state))
+        ]
+
+    def on_tick(self) -> list[Any]:
+        """Fire every rule that is due; the submissions to publish."""
+        fired = []
+        for rule in self.rules:
+            state = self._trigger_state(rule)
+            state, submission = tr.step(state, rule, self.clock(), self._previous_done(state))
+            if submission is not None:
+                self.trigger_table[rule.name] = state.to_json()
+                fired.append(self._fired(rule, submission))
+        return fired
+
+    def _fired(self, rule: tr.TriggerRule, submission: Any) -> Any:
+        metrics.TRIGGERS_FIRED.labels(rule.name).inc()
+        logger.info("trigger %s fired: submitting %s", rule.name, submission.task_id)
+        return submission
+
+    def _trigger_state(self, rule: tr.TriggerRule) -> tr.TriggerState:
+        data = self.trigger_table.get(rule.name)
+        if data is None:
+            return tr.TriggerState(rule=rule.name)
+        return tr.TriggerState.model_validate(data)
+
+    def _previous_done(self, state: tr.TriggerState) -> bool:
+        if state.last_task_id is None:
+            return True
+        task = self.task(state.last_task_id)
+        return task is not None and task.terminal
+
+    # ------------------------------------------------------------------ views
+
+    def summary(self) -> dict[str, Any]:
+        out = st.summarize(self.all_tasks())
+        now = _now_dt()
+        nodes = [st.NodeStatus.model_validate(v) for v in list(self.nodes.values())]
+        out["nodes"] = {
+            "count": len(nodes),
+            "per_hardware": dict(Counter(n.hardware for n in nodes)),
+            "max_seconds_since_seen": max(
+                (st.seconds_since_seen(n, now) for n in nodes), default=None
+            ),
+        }
+        out["datasets"] = len(list(self.datasets.keys()))
+        out["triggers"] = {r.name: self._trigger_state(r).fired for r in self.rules}
+        out["skipped_records"] = dict(self.skipped)
+        return out
+
+
+def topic_partitions(config: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, int]:
+    """Partition counts of ``names`` (0 for a topic that does not exist)."""
+    meta = AdminClient(dict(config)).list_topics(timeout=15).topics
+    return {name: len(meta[name].partitions) if name in meta else 0 for name in names}
+
+
+def _one_count(counts: Mapping[str, int], table: str) -> int:
+    distinct = set(counts.values())
+    if len(distinct) != 1 or 0 in distinct:
+        listed = ", ".join(f"{t}={n}" for t, n in sorted(counts.items()))
+        raise ValueError(
+            f"table {table!r} is built from topics with different partition counts ({listed}); "
+            "faust needs them equal (co-partitioning)"
+        )
+    return distinct.pop()
+
+
+def prepare_topics(cfg: ProcessorConfig) -> dict[str, int]:
+    """Create missing topics (core topics as the placement agent does, the ticks topic
+    with as many partitions as ``sched.data.ingested``); the partition count of each
+    table, checked for co-partitioning."""
+    ensure_topics(
+        cfg.kafka_config,
+        {t: (1 if t == topics.DEAD_LETTER else CORE_TOPIC_PARTITIONS) for t in topics.CORE_TOPICS},
+    )
+    data_n = topic_partitions(cfg.kafka_config, (topics.DATA_INGESTED,))[topics.DATA_INGESTED]
+    ensure_topics(cfg.kafka_config, {cfg.ticks_topic: data_n})
+    counts = topic_partitions(
+        cfg.kafka_config,
+        (*TASK_TOPICS, topics.NODE_HEARTBEATS, topics.DATA_INGESTED, cfg.ticks_topic),
+    )
+    return {
+        "tasks": _one_count({t: counts[t] for t in TASK_TOPICS}, "tasks"),
+        "nodes": counts[topics.NODE_HEARTBEATS],
+        "data": _one_count(
+            {t: counts[t] for t in (topics.DATA_INGESTED, cfg.ticks_topic)}, "datasets"
+        ),
+    }
+
+
+def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any, Processor]:
+    """The faust app and its :class:`Processor`. Routes of the web view:
+
+    - ``GET /tasks/{task_id}``: the task's status (404 with ``{"error": ...}`` if unknown);
+    - ``GET /tasks?state=&tenant=&limit=``: most recently updated tasks first (limit
+      default 50, at most 1000);
+    - ``GET /summary``: task counts per state and per hardware class, nodes, triggers;
+    - ``GET /nodes``, ``GET /datasets``, ``GET /triggers``: the other tables.
+    """
+    import faust
+    from faust.web import View
+
+    broker = faust_broker_settings(cfg.kafka_config)
+    if broker.ignored:
+        logger.info("Kafka settings not used by the processor: %s", ", ".join(broker.ignored))
+    datadir = cfg.datadir or Path(tempfile.mkdtemp(prefix="streamsched-processor-"))
+    app = faust.App(
+        cfg.app_id,
+        **broker.app_kwargs(),
+        store="memory://",
+        autodiscover=False,
+        datadir=str(datadir),
+        web_enabled=True,
+        web_bind=cfg.web_bind,
+        web_host=cfg.web_bind,
+        web_port=cfg.web_port,
+        producer_max_batch_size=1,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=partitions["tasks"],
+        **dict(cfg.extra_app_settings),
+    )
+
+    def table(name: str, n: int) -> Any:
+        schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
+        return app.Table(name, default=None, partitions=n, schema=schema)
+
+    proc = Processor(
+        cfg.rules,
+        table("tasks", partitions["tasks"]),
+        table("nodes", partitions["nodes"]),
+        table("datasets", partitions["data"]),
+        table("triggers", partitions["data"]),
+    )
+
+    def raw_topic(*names: str) -> Any:
+        return app.topic(*names, key_serializer="raw", value_serializer="raw")
+
+    submitted_out = raw_topic(topics.TASKS_SUBMITTED)
+    deadletter = raw_topic(topics.DEAD_LETTER)
+    ticks = raw_topic(cfg.ticks_topic)
+
+    async def publish(submissions: list[Any]) -> None:
+        for ev in submissions:
+            await submitted_out.send(
+                key=ev.task_id.encode(),
+                value=codec.encode(ev),
+                headers=[("type", ev.type.encode())],
+            )
+
+    @app.agent(raw_topic(*TASK_TOPICS))
+    async def task_agent(stream: Any) -> None:
+        async for event in stream.events():
+            topic = event.message.topic
+            try:
+                decoded = proc.decode(topic, event.value or b"")
+            except InvalidEvent as exc:
+                proc.skip(topic, exc)
+                continue
+            proc.on_task_event(decoded)
+
+    @app.agent(raw_topic(topics.NODE_HEARTBEATS))
+    async def node_agent(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                decoded = proc.decode(topics.NODE_HEARTBEATS, event.value or b"")
+            except InvalidEvent as exc:
+                proc.skip(topics.NODE_HEARTBEATS, exc)
+                continue
+            if isinstance(decoded, NodeHeartbeat):
+                proc.on_heartbeat(decoded)
+
+    @app.agent(raw_topic(topics.DATA_INGESTED, cfg.ticks_topic))
+    async def data_agent(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            if msg.topic == cfg.ticks_topic:
+                await publish(proc.on_tick())
+                continue
+            raw = event.value or b""
+            try:
+                decoded = proc.decode(msg.topic, raw)
+                if not isinstance(decoded, DataIngested):
+                    raise InvalidEvent(
+                        decoded.type, "type", f"expected 'data.ingested' on {msg.topic}"
+                    )
+            except InvalidEvent as exc:
+                await _dead_letter(deadletter, msg, raw, exc)
+                continue
+            await publish(proc.on_ingest(decoded))
+
+    async def wake_triggers() -> None:
+        if proc.due_rules():
+            await ticks.send(value=b"tick", partition=0)
+
+    app.timer(interval=TICK_INTERVAL_S)(wake_triggers)
+
+    async def announce() -> None:
+        await _wait_for_port(cfg.web_bind, cfg.web_port)
+        url = cfg.status_url
+        logger.info("status view on %s", url)
+        if cfg.on_web_ready is not None:
+            cfg.on_web_ready(url)
+
+    app.task(announce)
+    _add_views(app, proc, View)
+    return app, proc
+
+
+async def _dead_letter(topic: Any, msg: Any, raw: bytes, exc: InvalidEvent) -> None:
+    where = (msg.topic, msg.partition, msg.offset)
+    logger.error("dead-lettering %s[%d]@%d: %s: %s", *where, exc.field, exc.reason)
+    metrics.DEAD_LETTERED.labels(COMPONENT, msg.topic).inc()
+    headers = [
+        ("error.field", exc.field.encode()),
+        ("error.reason", exc.reason.encode()),
+        ("source.topic", str(msg.topic).encode()),
+        ("source.partition", str(msg.partition).encode()),
+        ("source.offset", str(msg.offset).encode()),
+    ]
+    await topic.send(key=msg.key, value=raw, headers=headers)
+
+
+async def _wait_for_port(host: str, port: int) -> None:
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        return
+
+
+def _add_views(app: Any, proc: Processor, view: Any) -> None:
+    def error(self: Any, status: int, message: str) -> Any:
+        return self.json({"error": message}, status=status)
+
+    @app.page("/tasks/{task_id}")
+    class TaskView(view):  # type: ignore[misc]
+        async def get(self, request: Any, task_id: str) -> Any:
+            status = proc.task(task_id)
+            if status is None:
+                return error(self, 404, f"task {task_id!r} is not known to the processor")
+            return self.json(status.to_json())
+
+    @app.page("/tasks")
+    class TasksView(view):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            query = request.query
+            state = query.get("state") or None
+            if state is not None and state not in {s.value for s in st.TaskState}:
+                known = ", ".join(s.value for s in st.TaskState)
+                return error(self, 400, f"state={state!r}: expected one of {known}")
+            raw_limit = query.get("limit") or "50"
+            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+                return error(self, 400, f"limit={raw_limit!r}: expected 1..{MAX_LIMIT}")
+            chosen = st.select(
+                proc.all_tasks(),
+                st.TaskState(state) if state else None,
+                query.get("tenant") or None,
+                int(raw_limit),
+            )
+            return self.json({"tasks": [t.to_json() for t in chosen]})
+
+    @app.page("/summary")
+    class SummaryView(view):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            return self.json(proc.summary())
+
+    @app.page("/nodes")
+    class NodesView(view):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            return self.json({"nodes": list(proc.nodes.values())})
+
+    @app.page("/datasets")
+    class DatasetsView(view):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            return self.json({"datasets": list(proc.datasets.values())})
+
+    @app.page("/triggers")
+    class TriggersView(view):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            states = {r.name: proc._trigger_state(r).to_json() for r in proc.rules}
+            return self.json({"triggers": states})
+
+
+def run(cfg: ProcessorConfig, loglevel: str = "info") -> None:
+    """Create topics, build the app and run a faust worker in the foreground until
+    SIGINT/SIGTERM (the worker exits the process with status 0 then)."""
+    import faust
+
+    partitions = prepare_topics(cfg)
+    datadir = cfg.datadir or Path(tempfile.mkdtemp(prefix="streamsched-processor-"))
+    app, _proc = create_app(ProcessorConfig(**{**cfg.__dict__, "datadir": datadir}), partitions)
+    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, stdout=sys.stdout)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if cfg.datadir is None:
+            shutil.rmtree(datadir, ignore_errors=True)
