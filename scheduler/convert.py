@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -78,9 +78,12 @@ def datetime_from_core_time(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
-def deadline_s_from_wire(deadline: datetime | None) -> float | None:
+def deadline_s_from_wire(
+    deadline: datetime | None,
+    core_time: Callable[[datetime], float] = core_time_from_datetime,
+) -> float | None:
     """A wire deadline as core seconds (``None`` stays ``None``)."""
-    return None if deadline is None else core_time_from_datetime(deadline)
+    return None if deadline is None else core_time(deadline)
 
 
 def deadline_to_wire(deadline_s: float | None) -> datetime | None:
@@ -98,10 +101,12 @@ def declared_work_amount(work: DeclaredWork) -> float:
     return 0.0
 
 
-def task_spec_from_event(ev: TaskSubmitted) -> TaskSpec:
-    """The core's :class:`TaskSpec` for a submission. The deadline becomes epoch seconds
-    (the live system's core time); trace loaders that use another time origin set
-    ``deadline_s`` themselves."""
+def task_spec_from_event(
+    ev: TaskSubmitted, core_time: Callable[[datetime], float] = core_time_from_datetime
+) -> TaskSpec:
+    """The core's :class:`TaskSpec` for a submission. The deadline becomes core seconds
+    through ``core_time`` (default: epoch seconds, the live system's core time); trace
+    loaders that use another time origin set ``deadline_s`` themselves."""
     res = ev.resources
     return TaskSpec(
         task_id=ev.task_id,
@@ -113,7 +118,7 @@ def task_spec_from_event(ev: TaskSubmitted) -> TaskSpec:
         gpu_milli=res.gpu_milli,
         allowed_hardware=frozenset(res.allowed_hardware),
         priority=PRIORITY_TO_CORE[ev.priority],
-        deadline_s=deadline_s_from_wire(ev.deadline),
+        deadline_s=deadline_s_from_wire(ev.deadline, core_time),
         preemptible=ev.preemptible,
         depends_on=tuple(ev.depends_on),
         governance=MappingProxyType(dict(ev.governance)),
@@ -142,7 +147,12 @@ def node_spec_from_heartbeat(hb: NodeHeartbeat) -> NodeSpec:
 
 
 # ====================================================================== wire -> core events
-def core_event_from_wire(event: WireEvent, *, now_s: float) -> core.Event | None:
+def core_event_from_wire(
+    event: WireEvent,
+    *,
+    now_s: float,
+    core_time: Callable[[datetime], float] = core_time_from_datetime,
+) -> core.Event | None:
     """The core stimulus for a wire event, or ``None`` when the event is not one.
 
     ``stimulus_id`` is the wire ``event_id``. Mappings:
@@ -168,20 +178,22 @@ def core_event_from_wire(event: WireEvent, *, now_s: float) -> core.Event | None
       audit log handle them; stops are the core's own output).
 
     ``now_s`` is the core time the event will be applied at. No current mapping depends on
-    it (deadlines are absolute epoch seconds); it is part of the signature so that call
-    sites stay unchanged if a mapping ever needs it.
+    it; it is part of the signature so that call sites stay unchanged if a mapping ever
+    needs it. ``core_time`` maps wire times (heartbeat ``occurred_at``, deadlines) to core
+    time: Unix epoch seconds by default; a trace replay on a compressed clock passes its
+    own mapping so that they are in trace seconds like ``now``.
     """
     del now_s  # documented above: not needed by any current mapping
     sid = event.event_id
     match event:
         case TaskSubmitted():
-            return core.TaskSubmitted(sid, task_spec_from_event(event))
+            return core.TaskSubmitted(sid, task_spec_from_event(event, core_time=core_time))
         case NodeHeartbeat():
             return core.NodeUp(
                 sid,
                 node_spec_from_heartbeat(event),
                 running=running_from_heartbeat(event),
-                reported_at_s=core_time_from_datetime(event.occurred_at),
+                reported_at_s=core_time(event.occurred_at),
             )
         case wire.TaskStarted():
             return core.TaskStarted(sid, event.task_id, event.attempt, event.node_id)

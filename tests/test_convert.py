@@ -789,3 +789,18 @@ def test_unsupported_policy_update_is_rejected_with_a_reason() -> None:
     assert "split_ratio=0.5 is not supported yet" in rejected.reason
     assert core.policy.name == "forecast"
     assert wire_from_instruction(rejected, submissions={}, occurred_at=T0, source="p") is None
+
+
+def test_a_replay_clock_maps_wire_times_into_core_time() -> None:
+    """On a compressed replay clock, heartbeat times and deadlines are trace seconds too."""
+
+    def replay(moment: datetime) -> float:  # trace seconds, 100x, starting at T0
+        return (moment.timestamp() - T0.timestamp()) * 100.0
+
+    hb = core_event_from_wire(heartbeat(), now_s=5.0, core_time=replay)
+    assert isinstance(hb, core_events.NodeUp)
+    assert hb.reported_at_s == 0.0
+    deadline = datetime.fromtimestamp(T0.timestamp() + 60.0, tz=UTC)
+    sub = core_event_from_wire(submitted(deadline=deadline), now_s=0.0, core_time=replay)
+    assert isinstance(sub, core_events.TaskSubmitted)
+    assert sub.spec.deadline_s == pytest.approx(6000.0)
