@@ -119,6 +119,22 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: Longest delivery delay a replay attempt's clock absorbs (see _delivery_delay_s).
+MAX_REPLAY_CATCH_UP_S = 1.0
+
+
+def _delivery_delay_s(assignment: Assignment) -> float:
+    """Wall seconds since ``assignment`` was published, at most MAX_REPLAY_CATCH_UP_S.
+
+    A replay attempt's clock starts when the assignment was published, not when it reached
+    the executor: in a compressed replay a few milliseconds of delivery are minutes of
+    trace time, and the simulator the replay is compared with starts attempts at the
+    instant they are decided. Bounded, so a backlog read after a restart does not finish
+    its attempts at once."""
+    delay = time.time() - assignment.occurred_at.timestamp()
+    return min(max(delay, 0.0), MAX_REPLAY_CATCH_UP_S)
+
+
 @dataclass
 class _Attempt:
     """One attempt this runner owns. Mutable fields are guarded by the runner's lock."""
@@ -440,7 +456,13 @@ class AttemptRunner:
                 )
             return _Attempt(assignment, process, progress_file=progress_file)
         runtime_s = assignment.predicted_runtime_s if replay_runtime_s is None else replay_runtime_s
-        return _Attempt(assignment, None, max(runtime_s, 0.0) / speedup, speedup)
+        return _Attempt(
+            assignment,
+            None,
+            max(runtime_s, 0.0) / speedup,
+            speedup,
+            started_s=time.monotonic() - _delivery_delay_s(assignment),
+        )
 
     def _journal_started(self, assignment: Assignment, progress_file: Path | None) -> None:
         if self.journal is None:

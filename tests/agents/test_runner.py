@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -93,9 +93,10 @@ def assignment(
     gpu_indices: tuple[int, ...] = (),
     env: dict[str, str] | None = None,
     resume_progress: float = 0.0,
+    occurred_at: datetime = NOW,
 ) -> Assignment:
     return Assignment(
-        occurred_at=NOW,
+        occurred_at=occurred_at,
         source="placement",
         decision_id=f"d-{task_id}-{attempt}",
         task_id=task_id,
@@ -336,7 +337,8 @@ def test_stop_of_unknown_attempt_is_a_no_op(runner: AttemptRunner, reports: Repo
 
 def test_replay_mode_runs_scaled_wall_time(runner: AttemptRunner, reports: Reports) -> None:
     begun = time.monotonic()
-    runner.start(assignment(py("raise SystemExit(1)")), replay_runtime_s=2.0, speedup=20.0)
+    published = assignment(py("raise SystemExit(1)"), occurred_at=datetime.now(UTC))
+    runner.start(published, replay_runtime_s=2.0, speedup=20.0)
     completed = reports.terminal()
     wall_s = time.monotonic() - begun
     assert isinstance(completed, TaskCompleted)
@@ -344,6 +346,20 @@ def test_replay_mode_runs_scaled_wall_time(runner: AttemptRunner, reports: Repor
     assert completed.runtime_s == pytest.approx(2.0, abs=0.5)  # in task time, not wall time
     assert [type(e) for e in reports.of("t1")] == [TaskStarted, TaskCompleted]
     assert not runner.log_path("t1", 1).exists()  # no process was run
+
+
+def test_a_replay_attempt_runs_from_the_assignment_s_publication(
+    runner: AttemptRunner, reports: Reports
+) -> None:
+    """Delivery delay counts as run time (the simulator starts attempts when decided), up
+    to MAX_REPLAY_CATCH_UP_S: 0.4 s of a 0.6 s attempt were spent in delivery."""
+    published = datetime.now(UTC) - timedelta(seconds=0.4)
+    begun = time.monotonic()
+    runner.start(assignment((), occurred_at=published), replay_runtime_s=6.0, speedup=10.0)
+    completed = reports.terminal()
+    assert isinstance(completed, TaskCompleted)
+    assert time.monotonic() - begun < 0.45
+    assert completed.runtime_s == pytest.approx(6.0, abs=0.5)  # trace seconds, delay included
 
 
 def test_empty_command_is_replayed(runner: AttemptRunner, reports: Reports) -> None:

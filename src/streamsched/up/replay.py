@@ -21,12 +21,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from streamsched.scheduler.convert import task_spec_from_event
+from streamsched.scheduler.simulator import SimConfig
 from streamsched.scheduler.trace import Trace, TraceJob
 from streamsched.schemas.tasks import DeclaredWork, Priority, TaskResources, TaskSubmitted
 
 #: The environment variable carrying a replayed job's true runtimes (JSON object
 #: {hardware class: seconds}); read by executors in replay mode only.
 REPLAY_RUNTIMES_ENV = "STREAMSCHED_REPLAY_RUNTIMES"
+#: Trace seconds a resumed attempt spends restoring its checkpoint (as in the simulator).
+REPLAY_RESTART_OVERHEAD_ENV = "STREAMSCHED_REPLAY_RESTART_OVERHEAD_S"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,10 @@ class ReplayClock:
 
 
 def wire_submission(
-    job: TraceJob, occurred_at: datetime, source: str = "up:replay"
+    job: TraceJob,
+    occurred_at: datetime,
+    source: str = "up:replay",
+    restart_overhead_s: float = SimConfig().restart_overhead_s,
 ) -> TaskSubmitted:
     """The ``task.submitted`` that replays ``job``.
 
@@ -88,7 +94,10 @@ def wire_submission(
         depends_on=spec.depends_on,
         governance=dict(spec.governance),
         max_retries=spec.max_retries,
-        env={REPLAY_RUNTIMES_ENV: json.dumps(runtimes, separators=(",", ":"))},
+        env={
+            REPLAY_RUNTIMES_ENV: json.dumps(runtimes, separators=(",", ":")),
+            REPLAY_RESTART_OVERHEAD_ENV: repr(float(restart_overhead_s)),
+        },
         source=source,
         occurred_at=occurred_at,
     )
@@ -130,6 +139,7 @@ def replayable(trace: Trace) -> Trace:
 
 
 __all__ = [
+    "REPLAY_RESTART_OVERHEAD_ENV",
     "REPLAY_RUNTIMES_ENV",
     "ReplayClock",
     "replayable",
