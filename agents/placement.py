@@ -6,8 +6,13 @@ Wire contract:
   ``sched.tasks.events`` and ``sched.commands``, ``assign()``\\ ed directly (no consumer-group
   subscription, so no rebalance is ever waited for). Offsets are committed per partition
   under ``group.id = streamsched-placement`` after each batch has been handled and its
-  outputs flushed; a restarted agent resumes from the committed offsets (else from the
-  beginning). Delivery is at-least-once; the core ignores duplicate stimuli.
+  outputs flushed (outputs are durable before the inputs that caused them are committed);
+  a restarted agent resumes from the committed offsets (else from the beginning).
+  Delivery is at-least-once; the core ignores duplicate stimuli.
+- Batching: the loop blocks for the first record only, then takes what the consumer has
+  already fetched (up to :data:`BATCH_SIZE`, without waiting). A lone record is handled
+  at once (low latency at low load); under load, batches grow by themselves and the per
+  batch costs (one core call, one flush, one commit) are shared (throughput at high load).
 - Each batch is decoded (hardware classes named by heartbeats are accepted from then on),
   mapped to core events and applied in **one** :meth:`SchedulerCore.handle` call; every
   ``tick_s`` without input a bare tick lets time-based decisions happen.
@@ -19,20 +24,27 @@ Wire contract:
   decision audit and any ``task.rejected`` go to ``sched.decisions`` keyed by task id; a
   ``command.stop_attempt`` goes to the assignment topic of the node's hardware (known from
   its heartbeats), same key and partition rule. Every record carries header ``type``.
+- Metrics (:mod:`streamsched.metrics`, see docs/metrics.md): submissions by outcome,
+  decisions, assignments, re-assignments, queue depth per hardware class, queued and
+  running tasks, core latency per batch, submit-to-assigned latency, consumer lag
+  (``component="placement"``), records consumed and dead-lettered.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -42,12 +54,29 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from streamsched import metrics
 from streamsched.agents.partitioning import ASSIGNMENT_PARTITIONS, partition_for
 from streamsched.broker import ensure_topics
 from streamsched.scheduler import events as core_events
-from streamsched.scheduler.convert import core_event_from_wire, wire_from_instruction
+from streamsched.scheduler.convert import (
+    core_event_from_wire,
+    core_time_from_datetime,
+    wire_from_instruction,
+)
 from streamsched.scheduler.core import CoreConfig, SchedulerCore
 from streamsched.scheduler.forecasting import RunningMeanForecaster
+from streamsched.scheduler.instructions import (
+    Assign,
+    DeadlineInfeasible,
+    Instruction,
+    Learned,
+    Preempt,
+    Reject,
+    StaleEvent,
+    TaskTransition,
+)
+from streamsched.scheduler.instructions import StopAttempt as CoreStopAttempt
+from streamsched.scheduler.model import TaskState
 from streamsched.scheduler.policies import get_policy
 from streamsched.schemas import codec
 from streamsched.schemas.commands import StopAttempt
@@ -74,11 +103,134 @@ GROUP_ID = "streamsched-placement"
 INPUT_TOPICS: tuple[str, ...] = (TASKS_SUBMITTED, NODE_HEARTBEATS, TASK_EVENTS, COMMANDS)
 #: Partitions of the core topics when the agent creates them (the dead letter topic: 1).
 CORE_TOPIC_PARTITIONS = 4
-#: Records per consumed batch, and how long a batch may wait for them.
+#: Most records per batch (one core call, one flush, one commit).
 BATCH_SIZE = 500
-BATCH_TIMEOUT_S = 0.2
+#: Longest the loop blocks waiting for a first record (then checks ``stop`` and ticks).
+POLL_TIMEOUT_S = 0.2
 #: How long a flush may take (after a batch, and on stop).
 FLUSH_TIMEOUT_S = 10.0
+#: Gauges (queue depth, running, consumer lag) are refreshed at most this often.
+GAUGE_INTERVAL_S = 1.0
+#: Value of the ``component`` label of the agent's metrics.
+COMPONENT = "placement"
+
+#: librdkafka settings of the agent's consumer, for latency. A broker answers a fetch as
+#: soon as ``fetch.min.bytes`` are there or after ``fetch.wait.max.ms``. Apache Kafka
+#: answers early, so there the wait only bounds how often an idle consumer asks. The
+#: embedded Tansu broker answers an empty fetch only after the full wait: with the default
+#: (500 ms) an idle hop takes about 250 ms (round trip measured: 52 ms at 100 ms, 12 ms at
+#: 20 ms, 4 ms at 5 ms), while each fetch costs it CPU (two idle consumers: 3% of a core
+#: at 100 ms, 25% at 5 ms, 72% at 1 ms). 10 ms bounds an idle hop at 10 ms for a few
+#: percent of a core. Under load fetches find data and return at once; the throughput of
+#: ``streamsched bench pipeline`` differed less between 5, 10 and 20 ms than between runs.
+#: Settings from the environment (``STREAMSCHED_KAFKA_FETCH_WAIT_MAX_MS``, see
+#: :mod:`streamsched.settings`) win.
+CONSUMER_TUNING: dict[str, Any] = {"fetch.wait.max.ms": 10, "fetch.min.bytes": 1}
+#: librdkafka settings of the agent's producer (the environment takes precedence). Every
+#: batch ends with a flush, and a flush sends at once whatever the linger, so a long
+#: linger costs no latency: it only stops librdkafka from sending each record as its own
+#: request while the batch is being published (with ``linger.ms=0`` the embedded broker
+#: spent a whole core on those requests at 1000 submissions/s and fell behind). ``acks=all``
+#: is not a tuning knob and is always set.
+PRODUCER_TUNING: dict[str, Any] = {"linger.ms": 50}
+
+_S = TaskState
+_HOLDS = frozenset({_S.ASSIGNED, _S.RUNNING})
+
+
+@dataclass(slots=True)
+class LoopTimings:
+    """Where the agent's time goes, accumulated since start (seconds, counts). Cheap:
+    a few clock reads per batch, none per record."""
+
+    batches: int = 0
+    records: int = 0
+    ticks: int = 0
+    #: Decoding records and mapping them to core events.
+    decode_s: float = 0.0
+    #: :meth:`SchedulerCore.handle` (batches and ticks).
+    core_s: float = 0.0
+    #: Turning instructions into wire records, encoding and handing them to the producer.
+    publish_s: float = 0.0
+    #: Waiting for the broker to acknowledge a batch's outputs.
+    flush_s: float = 0.0
+    #: Committing input offsets (asynchronous: the time to send the request).
+    commit_s: float = 0.0
+    #: Metrics bookkeeping and gauge refreshes.
+    metrics_s: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class StateGauges:
+    """Queue depth per hardware class, queued and running counts, kept up to date from the
+    core's instructions (O(instructions), never a scan of the core's tasks).
+
+    ``queued_any`` counts queued tasks allowed on any class; ``queued_on[h]`` those that
+    name ``h`` among their allowed classes; ``running_on[task_id]`` is the class of each
+    task that holds a node. Queue depth of class ``h`` is ``queued_any + queued_on[h]``.
+    """
+
+    def __init__(self) -> None:
+        self.queued_any = 0
+        self.queued_on: dict[str, int] = {}
+        self.queued = 0
+        self.running_on: dict[str, str] = {}
+        self.running_count: dict[str, int] = {}
+
+    def on_transition(self, ins: TaskTransition, allowed: Iterable[str]) -> None:
+        """Account for one transition; ``allowed`` is the task's allowed hardware classes."""
+        if ins.old is _S.QUEUED:
+            self._queue_add(allowed, -1)
+        if ins.new is _S.QUEUED:
+            self._queue_add(allowed, +1)
+        if ins.old in _HOLDS and ins.new not in _HOLDS:
+            hardware = self.running_on.pop(ins.task_id, None)
+            if hardware is not None:
+                self.running_count[hardware] -= 1
+
+    def on_assign(self, task_id: str, hardware: str) -> None:
+        previous = self.running_on.get(task_id)
+        if previous is not None:  # cannot happen (assign follows a release); stay exact
+            self.running_count[previous] -= 1
+        self.running_on[task_id] = hardware
+        self.running_count[hardware] = self.running_count.get(hardware, 0) + 1
+
+    def queue_depth(self, classes: Iterable[str]) -> dict[str, int]:
+        """Queued tasks that may run on each of ``classes`` (and on any class they name)."""
+        names = set(classes) | set(self.queued_on)
+        return {h: self.queued_any + self.queued_on.get(h, 0) for h in sorted(names)}
+
+    def _queue_add(self, allowed: Iterable[str], delta: int) -> None:
+        self.queued += delta
+        named = False
+        for hardware in allowed:
+            named = True
+            self.queued_on[hardware] = self.queued_on.get(hardware, 0) + delta
+        if not named:
+            self.queued_any += delta
+
+
+def replay_clock(
+    start_epoch_s: float, speedup: float
+) -> tuple[Callable[[], float], Callable[[datetime], float]]:
+    """The core clock of a trace replay, ``(time.time() - start_epoch_s) * speedup`` (trace
+    seconds since the replay began), and the same mapping for wire times (heartbeat
+    ``occurred_at``, deadlines). ValueError unless ``speedup`` is a finite number > 0 and
+    ``start_epoch_s`` is finite."""
+    if not (math.isfinite(speedup) and speedup > 0):
+        raise ValueError(f"replay speedup must be a finite number > 0, got {speedup}")
+    if not math.isfinite(start_epoch_s):
+        raise ValueError(f"replay start must be finite epoch seconds, got {start_epoch_s}")
+
+    def clock() -> float:
+        return (time.time() - start_epoch_s) * speedup
+
+    def core_time(moment: datetime) -> float:
+        return (core_time_from_datetime(moment) - start_epoch_s) * speedup
+
+    return clock, core_time
 
 
 class PlacementAgent:
@@ -88,7 +240,27 @@ class PlacementAgent:
     ``policy`` names a scheduling policy (:func:`~streamsched.scheduler.policies.get_policy`;
     ValueError if unknown); ``decision_prefix`` prefixes decision ids and must differ
     between agent instances that do not replay each other's inputs; ``clock`` gives core
-    time (Unix epoch seconds).
+    time (Unix epoch seconds by default). ``tick_s`` and ``heartbeat_timeout_s`` are wall
+    seconds.
+
+    Replay: with ``replay_start`` (epoch seconds) the core clock is
+    ``(time.time() - replay_start) * replay_speedup``, trace seconds since the replay
+    began, and ``clock`` is ignored; wire times (heartbeat ``occurred_at``, deadlines) map
+    to core time the same way (:attr:`core_time`). Durations given in wall seconds are
+    converted to core seconds by multiplying by the speedup: the heartbeat timeout given
+    to the core is
+    ``heartbeat_timeout_s * replay_speedup`` (a node silent for ``heartbeat_timeout_s`` wall
+    seconds is lost), and a bare tick every ``tick_s`` wall seconds advances core time by
+    ``tick_s * replay_speedup``. ValueError unless ``replay_speedup`` > 0 (finite).
+    ``SUBMIT_TO_ASSIGNED`` stays in wall seconds (it compares envelope times).
+
+    ``group_id`` is the consumer group of the input offsets; ``start_at_end`` makes
+    partitions without a committed offset start at their end instead of their beginning
+    (for benchmarks on a cluster with history).
+
+    ``submissions`` holds the wire submission of each task the core still needs it for
+    (assignments copy its command and env); an entry is dropped as soon as the core has
+    the task in a terminal state or refused it, so memory follows the live tasks only.
     """
 
     def __init__(
@@ -99,26 +271,44 @@ class PlacementAgent:
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.time,
         heartbeat_timeout_s: float | None = 15.0,
+        replay_start: float | None = None,
+        replay_speedup: float = 1.0,
+        group_id: str = GROUP_ID,
+        start_at_end: bool = False,
     ) -> None:
         if not tick_s > 0:
             raise ValueError(f"tick must be positive, got {tick_s}")
+        if not (math.isfinite(replay_speedup) and replay_speedup > 0):
+            raise ValueError(f"replay speedup must be a finite number > 0, got {replay_speedup}")
+        #: Wire time (an aware datetime) -> core time.
+        self.core_time: Callable[[datetime], float] = core_time_from_datetime
+        if replay_start is not None:
+            clock, self.core_time = replay_clock(replay_start, replay_speedup)
+            if heartbeat_timeout_s is not None:
+                heartbeat_timeout_s *= replay_speedup
         self.config = dict(config)
         self.tick_s = tick_s
         self.clock = clock
+        self.group_id = group_id
+        self.start_at_end = start_at_end
         self.source = f"placement:{decision_prefix}"
         self.core = SchedulerCore(
             get_policy(policy),
             RunningMeanForecaster(),
             CoreConfig(decision_prefix=decision_prefix, heartbeat_timeout_s=heartbeat_timeout_s),
         )
-        #: Wire submissions by task id (the first one seen; assignments need its command).
+        #: Wire submissions by task id, while the core may still need them (see above).
         self.submissions: dict[str, TaskSubmitted] = {}
         #: Node id -> hardware class, from heartbeats (routes stop commands).
         self.node_hardware: dict[str, str] = {}
         #: Hardware classes named by heartbeats so far (accepted when decoding).
         self.known_hardware: set[str] = set()
+        #: Where the loop's time went (read by ``streamsched bench pipeline``).
+        self.timings = LoopTimings()
+        self.gauges = StateGauges()
         self._assignment_partitions: dict[str, int] = {}  # topic -> partitions (ensured)
         self._producer: Producer | None = None
+        self._next_gauges = 0.0
 
     # ------------------------------------------------------------------ main loop
 
@@ -133,42 +323,33 @@ class PlacementAgent:
             {t: (1 if t == DEAD_LETTER else CORE_TOPIC_PARTITIONS) for t in CORE_TOPICS},
         )
         meta = AdminClient(self.config).list_topics(timeout=15).topics
-        producer = Producer({**self.config, "acks": "all", "linger.ms": 5})
+        producer = Producer({**PRODUCER_TUNING, **self.config, "acks": "all"})
         self._producer = producer
         consumer = Consumer(
             {
+                **CONSUMER_TUNING,
                 **self.config,
-                "group.id": GROUP_ID,
+                "group.id": self.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 6000,
+                "on_commit": _log_commit,
             }
         )
         try:
             wanted = [
                 TopicPartition(topic, p) for topic in INPUT_TOPICS for p in meta[topic].partitions
             ]
+            start = OFFSET_END if self.start_at_end else OFFSET_BEGINNING
             committed = consumer.committed(wanted, timeout=15)
             consumer.assign(
                 [
-                    TopicPartition(tp.topic, tp.partition, tp.offset)
-                    if tp.offset >= 0
-                    else TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
+                    TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else start)
                     for tp in committed
                 ]
             )
             logger.info("placement %s reading %d partitions", self.source, len(wanted))
-            last_cycle = time.monotonic()
-            while not stop.is_set():
-                batch = consumer.consume(num_messages=BATCH_SIZE, timeout=BATCH_TIMEOUT_S)
-                records = [m for m in batch if self._ok(m)]
-                if records:
-                    self.handle_batch(records)
-                    last_cycle = time.monotonic()
-                    self._commit(consumer, records)
-                elif time.monotonic() - last_cycle >= self.tick_s:
-                    self._emit(self._handle_core(()))
-                    last_cycle = time.monotonic()
+            self._loop(consumer, wanted, stop)
         finally:
             left = producer.flush(FLUSH_TIMEOUT_S)
             if left:
@@ -176,11 +357,40 @@ class PlacementAgent:
             self._producer = None
             consumer.close()
 
+    def _loop(
+        self, consumer: Consumer, partitions: list[TopicPartition], stop: threading.Event
+    ) -> None:
+        """Block for a first record, drain what is already fetched, handle it as one
+        batch, commit; tick when idle for ``tick_s``."""
+        last_cycle = time.monotonic()
+        while not stop.is_set():
+            idle = time.monotonic() - last_cycle
+            first = consumer.poll(max(0.0, min(POLL_TIMEOUT_S, self.tick_s - idle)))
+            batch = [first] if first is not None else []
+            if first is not None and BATCH_SIZE > 1:
+                batch += consumer.consume(num_messages=BATCH_SIZE - 1, timeout=0)
+            records = [m for m in batch if self._ok(m)]
+            if records:
+                self.handle_batch(records)
+                last_cycle = time.monotonic()
+                self._commit(consumer, records)
+            elif time.monotonic() - last_cycle >= self.tick_s:
+                self.timings.ticks += 1
+                self._emit(self._handle_core(()))
+                last_cycle = time.monotonic()
+            if time.monotonic() >= self._next_gauges:
+                self._refresh_gauges(consumer, partitions)
+
     def handle_batch(self, records: list[Message]) -> None:
         """Decode ``records``, apply them to the core in one call, publish the outcome and
         flush (dead letters included)."""
+        t0 = time.perf_counter()
         stimuli: list[core_events.Event] = []
+        per_topic: dict[str, int] = {}
+        now_s = self.clock()
         for msg in records:
+            topic = msg.topic() or ""
+            per_topic[topic] = per_topic.get(topic, 0) + 1
             event = self._decode(msg)
             if event is None:
                 continue
@@ -188,17 +398,30 @@ class PlacementAgent:
                 self.submissions.setdefault(event.task_id, event)
             elif isinstance(event, NodeHeartbeat):
                 self.node_hardware[event.node_id] = event.hardware
-            stimulus = core_event_from_wire(event, now_s=self.clock())
+            stimulus = core_event_from_wire(event, now_s=now_s, core_time=self.core_time)
             if stimulus is not None:
                 stimuli.append(stimulus)
+        t1 = time.perf_counter()
+        for topic, count in per_topic.items():
+            metrics.EVENTS_CONSUMED.labels(COMPONENT, topic).inc(count)
+        timings = self.timings
+        timings.batches += 1
+        timings.records += len(records)
+        timings.decode_s += t1 - t0
         self._emit(self._handle_core(stimuli))
 
-    def _handle_core(self, stimuli: list[core_events.Event] | tuple[()]) -> list[Any]:
+    def _handle_core(self, stimuli: list[core_events.Event] | tuple[()]) -> list[Instruction]:
+        t0 = time.perf_counter()
         try:
-            return self.core.handle(*stimuli, now=self.clock())
+            out = self.core.handle(*stimuli, now=self.clock())
         except Exception:  # a core bug must not stop placement for everyone else
             logger.exception("the core failed on a batch of %d event(s)", len(stimuli))
-            return []
+            out = []
+        elapsed = time.perf_counter() - t0
+        self.timings.core_s += elapsed
+        if stimuli:
+            metrics.DECISION_LATENCY.observe(elapsed)
+        return out
 
     # ------------------------------------------------------------------ input
 
@@ -238,6 +461,7 @@ class PlacementAgent:
     def _dead_letter(self, msg: Message, field: str, reason: str) -> None:
         where = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
         logger.error("dead-lettering %s[%d]@%d: %s: %s", *where, field, reason)
+        metrics.DEAD_LETTERED.labels(COMPONENT, where[0]).inc()
         headers: list[tuple[str, str | bytes | None]] = [
             ("error.field", field),
             ("error.reason", reason),
@@ -248,47 +472,152 @@ class PlacementAgent:
         self._produce(DEAD_LETTER, msg.key(), msg.value() or b"", headers)
 
     def _commit(self, consumer: Consumer, records: list[Message]) -> None:
+        """Commit the offsets after ``records``. Called after the batch's outputs were
+        flushed, so it may be asynchronous: a commit lost in a crash only means a replay
+        of inputs whose outputs are already durable (and deduplicated downstream)."""
+        t0 = time.perf_counter()
         nxt: dict[tuple[str, int], int] = {}
         for msg in records:
             key = (msg.topic() or "", msg.partition() or 0)
             nxt[key] = max(nxt.get(key, 0), (msg.offset() or 0) + 1)
         offsets = [TopicPartition(t, p, o) for (t, p), o in nxt.items()]
         try:
-            consumer.commit(offsets=offsets, asynchronous=False)
+            consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             logger.warning("offset commit failed: %s", exc)
+        self.timings.commit_s += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ metrics
+
+    def _refresh_gauges(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Set the gauges from the maintained counts and the consumer's positions against
+        the cached high watermarks (no broker round trip); at most every
+        :data:`GAUGE_INTERVAL_S`."""
+        t0 = time.perf_counter()
+        self._next_gauges = time.monotonic() + GAUGE_INTERVAL_S
+        gauges = self.gauges
+        classes = set(self.known_hardware) | set(self.core.cluster.hardware_names)
+        for hardware, depth in gauges.queue_depth(classes).items():
+            metrics.QUEUE_DEPTH.labels(hardware).set(depth)
+        metrics.QUEUED_TASKS.set(gauges.queued)
+        for hardware in classes | set(gauges.running_count):
+            metrics.RUNNING_TASKS.labels(hardware).set(gauges.running_count.get(hardware, 0))
+        lags: list[tuple[str, int]] = []
+        try:
+            for tp in consumer.position(partitions):
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high is None or high < 0:
+                    continue  # no fetch answered for it yet
+                if tp.offset >= 0:
+                    lags.append((tp.topic, high - tp.offset))
+                elif low == high:  # nothing consumed because there is nothing
+                    lags.append((tp.topic, 0))
+        except KafkaException as exc:
+            logger.debug("consumer lag not refreshed: %s", exc)
+        metrics.set_consumer_lag(COMPONENT, lags)
+        self.timings.metrics_s += time.perf_counter() - t0
+
+    def _count(self, ins: TaskTransition | StaleEvent) -> None:
+        """Metrics and gauge bookkeeping for one instruction that has no wire record."""
+        if isinstance(ins, TaskTransition):
+            rec = self.core.tasks.get(ins.task_id)
+            allowed = rec.spec.allowed_hardware if rec is not None else ()
+            self.gauges.on_transition(ins, allowed)
+            if ins.old is None:
+                metrics.SUBMISSIONS.labels("accepted").inc()
+        elif isinstance(ins, StaleEvent) and ins.event == "duplicate submission":
+            metrics.SUBMISSIONS.labels("duplicate").inc()
 
     # ------------------------------------------------------------------ output
 
-    def _emit(self, instructions: list[Any]) -> None:
-        """Publish the wire records of ``instructions``, then flush."""
+    def _emit(self, instructions: list[Instruction]) -> None:
+        """Publish the wire records of ``instructions``, flush, keep the metrics, and drop
+        the submissions the core no longer needs."""
+        t0 = time.perf_counter()
+        occurred_at = datetime.now(UTC)
+        first_assigned: list[tuple[str, str]] = []  # (hardware, task id) of 1st attempts
+        settled: set[str] = set()  # tasks that may have become terminal (or were refused)
         for ins in instructions:
-            try:
-                out = wire_from_instruction(
-                    ins,
-                    submissions=self.submissions,
-                    occurred_at=datetime.now(UTC),
-                    source=self.source,
-                )
-            except Exception:
-                logger.exception("cannot publish %r", ins)
+            if isinstance(ins, TaskTransition | StaleEvent):
+                self._count(ins)
+                if isinstance(ins, StaleEvent) or ins.new.terminal:
+                    settled.add(ins.task_id)
                 continue
-            if isinstance(out, tuple):
-                assignment, audit = out
-                self._to_node(assignment, assignment.node_id, assignment.hardware)
-                self._event(DECISIONS, assignment.task_id, audit)
-            elif isinstance(out, TaskRejected):
-                self._event(DECISIONS, out.task_id, out)
-            elif isinstance(out, StopAttempt):
-                hardware = self.node_hardware.get(out.node_id)
-                if hardware is None:
-                    logger.error("dropping %s: hardware of node %r unknown", out.type, out.node_id)
-                    continue
-                self._to_node(out, out.node_id, hardware)
-        if self._producer is not None and len(self._producer):
-            left = self._producer.flush(FLUSH_TIMEOUT_S)
+            if isinstance(ins, Learned | DeadlineInfeasible):
+                continue  # log and forecast material, no wire record
+            self._publish(ins, occurred_at, first_assigned)
+            if isinstance(ins, Reject):
+                settled.add(ins.task_id)
+        t1 = time.perf_counter()
+        producer = self._producer
+        if producer is not None and len(producer):
+            left = producer.flush(FLUSH_TIMEOUT_S)
             if left:
                 logger.error("%d record(s) not delivered after a batch", left)
+        t2 = time.perf_counter()
+        self._observe_submit_to_assigned(first_assigned)
+        for task_id in settled:
+            state = self.core.state_of(task_id)
+            if state is None or state.terminal:
+                self.submissions.pop(task_id, None)
+        timings = self.timings
+        timings.publish_s += t1 - t0
+        timings.flush_s += t2 - t1
+        timings.metrics_s += time.perf_counter() - t2
+
+    def _publish(
+        self, ins: Instruction, occurred_at: datetime, first_assigned: list[tuple[str, str]]
+    ) -> None:
+        """Produce the wire record(s) of one instruction and count the decision."""
+        try:
+            out = wire_from_instruction(
+                ins, submissions=self.submissions, occurred_at=occurred_at, source=self.source
+            )
+        except Exception:
+            logger.exception("cannot publish %r", ins)
+            return
+        records = out if isinstance(out, tuple) else (out,)
+        for record in records:
+            if isinstance(record, Assignment):
+                self._to_node(record, record.node_id, record.hardware)
+            elif isinstance(record, StopAttempt):
+                node_hw = self.node_hardware.get(record.node_id)
+                if node_hw is None:
+                    logger.error(
+                        "dropping %s: hardware of node %r unknown", record.type, record.node_id
+                    )
+                    return
+                self._to_node(record, record.node_id, node_hw)
+            elif isinstance(record, DecisionAudit | TaskRejected):
+                self._event(DECISIONS, record.task_id, record)
+        self._count_decision(ins, first_assigned)
+
+    def _count_decision(self, ins: Instruction, first_assigned: list[tuple[str, str]]) -> None:
+        if isinstance(ins, Assign):
+            metrics.DECISIONS.labels("assign", ins.hardware).inc()
+            metrics.ASSIGNMENTS.labels(ins.hardware).inc()
+            self.gauges.on_assign(ins.task_id, ins.hardware)
+            if ins.attempt > 1:
+                metrics.REASSIGNMENTS.labels(ins.hardware).inc()
+            else:
+                first_assigned.append((ins.hardware, ins.task_id))
+        elif isinstance(ins, Reject):
+            metrics.SUBMISSIONS.labels("rejected").inc()
+            metrics.DECISIONS.labels("reject", "").inc()
+        elif isinstance(ins, Preempt | CoreStopAttempt):
+            kind = "preempt" if isinstance(ins, Preempt) else "stop"
+            metrics.DECISIONS.labels(kind, self.node_hardware.get(ins.node_id, "")).inc()
+
+    def _observe_submit_to_assigned(self, first_assigned: list[tuple[str, str]]) -> None:
+        """Submission ``occurred_at`` to now (the assignments were just flushed)."""
+        if not first_assigned:
+            return
+        now = time.time()
+        for hardware, task_id in first_assigned:
+            submission = self.submissions.get(task_id)
+            if submission is not None:
+                delay = max(0.0, now - submission.occurred_at.timestamp())
+                metrics.SUBMIT_TO_ASSIGNED.labels(hardware).observe(delay)
 
     def _to_node(self, event: Assignment | StopAttempt, node_id: str, hardware: str) -> None:
         topic = assignment_topic(hardware)
@@ -318,6 +647,7 @@ class PlacementAgent:
         headers: list[tuple[str, str | bytes | None]],
         partition: int | None = None,
     ) -> None:
+        """Hand one record to the producer (delivery is awaited by the batch's flush)."""
         producer = self._producer
         if producer is None:
             logger.warning("dropping a record for %s: the agent is not running", topic)
@@ -328,12 +658,10 @@ class PlacementAgent:
                 producer.produce(
                     topic, value, key=key, headers=headers, on_delivery=_log_delivery, **extra
                 )
-                break
+                return
             except BufferError:  # local queue full: serve deliveries, retry
                 producer.poll(0.5)
-        else:
-            logger.error("dropping a record for %s: producer queue full", topic)
-        producer.poll(0)
+        logger.error("dropping a record for %s: producer queue full", topic)
 
 
 def _log_delivery(error: KafkaError | None, msg: Message) -> None:
@@ -341,4 +669,16 @@ def _log_delivery(error: KafkaError | None, msg: Message) -> None:
         logger.error("delivery to %s failed: %s", msg.topic(), error)
 
 
-__all__ = ["GROUP_ID", "INPUT_TOPICS", "PlacementAgent"]
+def _log_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    if error is not None:
+        logger.warning("offset commit failed: %s", error)
+
+
+__all__ = [
+    "GROUP_ID",
+    "INPUT_TOPICS",
+    "LoopTimings",
+    "PlacementAgent",
+    "StateGauges",
+    "replay_clock",
+]

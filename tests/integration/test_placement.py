@@ -7,8 +7,10 @@ only looks at records of its own tasks.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,16 +20,34 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Message, Producer
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
+from streamsched import metrics
 from streamsched.agents.executor import ExecutorAgent
-from streamsched.agents.placement import PlacementAgent
+from streamsched.agents.placement import PlacementAgent, StateGauges
 from streamsched.broker import client_config
-from streamsched.scheduler.model import NodeSpec
+from streamsched.cli import app
+from streamsched.scheduler.instructions import Assign, TaskTransition
+from streamsched.scheduler.model import NodeSpec, TaskState
 from streamsched.schemas import codec, topics
 from streamsched.schemas.decisions import DecisionAudit
 from streamsched.schemas.lifecycle import TaskCompleted
 from streamsched.schemas.tasks import TaskSubmitted
-from streamsched.testing import TopicReader, running_in_thread
+from streamsched.testing import (
+    TopicReader,
+    cancel,
+    completed,
+    drive,
+    failed,
+    gpu_cluster,
+    new_core,
+    running_in_thread,
+    submitted,
+    task,
+    up,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
@@ -174,3 +194,181 @@ def test_a_duplicate_submission_is_placed_once(config: dict[str, Any], tmp_path:
             decisions.wait_for(lambda _: bool(decisions.events(DecisionAudit, marker_id)))
             decisions.drain(1.0)
             assert len(decisions.events(DecisionAudit, task_id)) == 1
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples served at http://127.0.0.1:port/metrics, by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _task(task_id: str, hardware: str, governance: dict[str, str]) -> bytes:
+    """A submission of one GPU on ``hardware``."""
+    data = json.loads(codec.encode(_submission(task_id, governance)))
+    data["resources"] = {"gpus": 1, "gpu_milli": 1000, "allowed_hardware": [hardware]}
+    return codec.encode(codec.decode(json.dumps(data).encode()))
+
+
+def test_metrics_move_and_finished_tasks_are_forgotten(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    # A hardware class no other test uses: its labelled series count this test's tasks.
+    # A label of this test only keeps other nodes of the class away from its tasks.
+    hardware, tag = "gpu-l40s", {"test_run": uuid.uuid4().hex[:10]}
+    node_id, first, second = _uid("node"), _uid("task"), _uid("task")
+    node = NodeSpec(node_id, hardware, 64_000, 512 * 1024, 1, tag)  # one GPU: one at a time
+    port = metrics.serve(0)
+    before = {
+        "accepted": _sample("streamsched_submissions_total", outcome="accepted"),
+        "consumed": _sample(
+            "streamsched_events_consumed_total", component="placement", topic="sched.tasks.events"
+        ),
+        "dead": _sample(
+            "streamsched_dead_lettered_total",
+            component="placement",
+            topic=topics.TASKS_SUBMITTED,
+        ),
+        "latency": _sample("streamsched_decision_latency_seconds_count"),
+    }
+    with placement(config) as agent:
+        beat = ExecutorAgent(config, node, log_dir=tmp_path).heartbeat()
+        _produce(config, topics.NODE_HEARTBEATS, node_id, codec.encode(beat))
+        deadline = time.monotonic() + WAIT_S
+        while node_id not in agent.node_hardware:
+            assert time.monotonic() < deadline, "no heartbeat reached the placement agent"
+            time.sleep(0.05)
+        _produce(config, topics.TASKS_SUBMITTED, first, _task(first, hardware, tag))
+        with reader(config, topics.DECISIONS) as decisions:
+            audit = decisions.wait_event(DecisionAudit, first)
+        assert audit.chosen_node_id == node_id
+        # the second waits for the node's only GPU (submitted after the first was placed)
+        _produce(config, topics.TASKS_SUBMITTED, second, _task(second, hardware, tag))
+        _produce(config, topics.TASKS_SUBMITTED, first, b"{not json")
+        while _scrape(port).get(("streamsched_queue_depth", (("hardware", hardware),))) != 1:
+            assert time.monotonic() < deadline, "queue depth never showed the waiting task"
+            time.sleep(0.2)
+        samples = _scrape(port)
+        assert samples[("streamsched_running_tasks", (("hardware", hardware),))] == 1
+        assert samples[("streamsched_queued_tasks", ())] >= 1
+        assert any(name == "streamsched_consumer_lag_messages" for name, _ in samples)
+        assert first in agent.submissions
+        assert second in agent.submissions
+
+        # the first task completes: the second takes the GPU, the first is forgotten
+        done = TaskCompleted(
+            occurred_at=datetime.now(UTC),
+            source="test",
+            task_id=first,
+            attempt=1,
+            node_id=node_id,
+            runtime_s=1.0,
+        )
+        _produce(config, topics.TASK_EVENTS, first, codec.encode(done))
+        with reader(config, topics.DECISIONS) as decisions:
+            decisions.wait_event(DecisionAudit, second)
+        while first in agent.submissions:
+            assert time.monotonic() < deadline, "the finished task's submission was kept"
+            time.sleep(0.05)
+        assert second in agent.submissions  # still running: its submission is still needed
+        while _scrape(port).get(("streamsched_queue_depth", (("hardware", hardware),))) != 0:
+            assert time.monotonic() < deadline, "queue depth never went back to 0"
+            time.sleep(0.2)
+
+    after = _scrape(port)
+    hw = (("hardware", hardware),)
+    assert after[("streamsched_assignments_total", hw)] == 2
+    assert after[("streamsched_decisions_total", (("hardware", hardware), ("kind", "assign")))] == 2
+    assert ("streamsched_reassignments_total", hw) not in after  # first attempts only
+    assert after[("streamsched_submit_to_assigned_seconds_count", hw)] == 2
+    assert after[("streamsched_submit_to_assigned_seconds_sum", hw)] > 0
+    assert after[("streamsched_running_tasks", hw)] == 1
+    assert after[("streamsched_submissions_total", (("outcome", "accepted"),))] >= (
+        before["accepted"] + 2
+    )
+    consumed = (
+        "streamsched_events_consumed_total",
+        (("component", "placement"), ("topic", "sched.tasks.events")),
+    )
+    assert after[consumed] >= before["consumed"] + 1
+    dead = (
+        "streamsched_dead_lettered_total",
+        (("component", "placement"), ("topic", topics.TASKS_SUBMITTED)),
+    )
+    assert after[dead] >= before["dead"] + 1
+    assert after[("streamsched_decision_latency_seconds_count", ())] > before["latency"]
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+
+def test_state_gauges_match_a_scan_of_the_core() -> None:
+    """The counts kept from instructions equal a full scan of the core's tasks, through
+    placements, queueing for capacity, completions, failures and cancellations."""
+    core = new_core("fifo")
+    gauges = StateGauges()
+
+    def feed(events: list[Any], now: float) -> None:
+        for ins in drive(core, events, now=now):
+            if isinstance(ins, TaskTransition):
+                gauges.on_transition(ins, core.tasks[ins.task_id].spec.allowed_hardware)
+            elif isinstance(ins, Assign):
+                gauges.on_assign(ins.task_id, ins.hardware)
+        queued = [r for r in core.tasks.values() if r.state is TaskState.QUEUED]
+        running: dict[str, int] = {}
+        for rec in core.tasks.values():
+            if rec.state in (TaskState.ASSIGNED, TaskState.RUNNING) and rec.hardware:
+                running[rec.hardware] = running.get(rec.hardware, 0) + 1
+        assert gauges.queued == len(queued) == len(core.queue)
+        for hw in ("gpu-v100", "gpu-a100", "cpu"):
+            expected = sum(
+                1 for r in queued if not r.spec.allowed_hardware or hw in r.spec.allowed_hardware
+            )
+            assert gauges.queue_depth([hw])[hw] == expected, hw
+            assert gauges.running_count.get(hw, 0) == running.get(hw, 0), hw
+
+    feed([up(n) for n in gpu_cluster(gpus_per_node=8, v100=1, a100=1)], now=0.0)
+    tasks = [task(f"t{i}", gpus=8, hardware="gpu-v100" if i % 3 == 0 else ()) for i in range(6)]
+    feed([submitted(t) for t in tasks], now=1.0)
+    assert gauges.queued == 4  # two nodes, 8 GPUs each: two placed
+    running = [t for t, r in core.tasks.items() if r.state is TaskState.ASSIGNED]
+    feed([completed(running[0], 1)], now=2.0)
+    again = [t for t, r in core.tasks.items() if r.state is TaskState.ASSIGNED]
+    feed([failed(again[-1], 1, "boom")], now=3.0)  # retryable: back to the queue
+    feed([cancel("t5")], now=4.0)
+    feed([cancel(t) for t, r in core.tasks.items() if r.state is TaskState.QUEUED], now=5.0)
+    assert gauges.queued == 0
+
+
+def test_replay_clock_converts_wall_durations_to_core_seconds() -> None:
+    start = time.time() - 10.0
+    agent = PlacementAgent({}, replay_start=start, replay_speedup=60.0, heartbeat_timeout_s=15.0)
+    assert agent.core.config.heartbeat_timeout_s == 15.0 * 60.0
+    assert 599.0 <= agent.clock() <= 700.0  # ten wall seconds in, sixty times faster
+    # wire times (heartbeats, deadlines) are trace seconds too
+    assert agent.core_time(datetime.fromtimestamp(start + 20.0, UTC)) == pytest.approx(1200.0)
+    assert PlacementAgent({}).core.config.heartbeat_timeout_s == 15.0  # no replay: unchanged
+    for bad in (0.0, -2.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="speedup"):
+            PlacementAgent({}, replay_start=start, replay_speedup=bad)
+
+
+def test_placement_cli_refuses_a_bad_replay_speedup() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["placement", "--replay-start", "0", "--replay-speedup", "0"],
+        env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+    )
+    assert result.exit_code == 2
+    assert "--replay-speedup" in result.output

@@ -1,5 +1,6 @@
 """``streamsched bench core``: how a placement decision's cost grows with nodes and backlog
-(the method is in :mod:`streamsched.benchcore`)."""
+(the method is in :mod:`streamsched.benchcore`); ``streamsched bench pipeline``: latency
+and throughput of the live pipeline on a broker (:mod:`streamsched.benchpipeline`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamsched.benchcore import BenchPoint, machine_info, run_grid
+from streamsched.benchpipeline import BenchError, PipelineResult, RatePoint, run_pipeline_bench
 
 from ._common import (
     cli_errors,
@@ -152,3 +154,131 @@ def _table(points: list[BenchPoint], policy: str) -> Table:
             f"{p.setup_s:.1f}",
         )
     return table
+
+
+@app.command("pipeline")
+def pipeline(
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write machine info and all figures as JSON.")
+    ] = None,
+    rates: Annotated[
+        str, typer.Option(help="Offered submission rates per second, comma-separated.")
+    ] = "500,1000,2000,4000",
+    duration_s: Annotated[
+        float, typer.Option(min=0.1, help="Seconds each rate is offered.")
+    ] = 10.0,
+    nodes: Annotated[int, typer.Option(min=1, help="Fake CPU nodes the tasks go to.")] = 64,
+    pings: Annotated[int, typer.Option(min=1, help="Raw broker round trips to time.")] = 2000,
+) -> None:
+    """Time the live pipeline on a broker (KAFKA_BOOTSTRAP_SERVERS, else an embedded one):
+    the raw broker round trip, then submission-to-assignment latency and throughput of one
+    placement agent process at rising offered rates (stops when it falls behind)."""
+    rate_list = parse_int_list(rates, "--rates")
+    out, err = stdout_console(), stderr_console()
+
+    def on_stage(stage: str) -> None:
+        err.print(f"[bench] {stage}", markup=False, soft_wrap=True)
+
+    def on_point(point: RatePoint) -> None:
+        err.print(_rate_line(point), markup=False, soft_wrap=True)
+
+    with cli_errors():
+        try:
+            result = run_pipeline_bench(
+                rate_list, duration_s, nodes, pings, on_point=on_point, on_stage=on_stage
+            )
+        except BenchError as exc:
+            raise ValueError(str(exc)) from None
+    info = result.machine
+    out.print(
+        f"machine: {info['platform']}, Python {info['python']}, {info['cpu_count']} CPUs, "
+        f"broker: {info['broker']}",
+        markup=False,
+        soft_wrap=True,
+    )
+    out.print(_pipeline_table(result))
+    out.print(_profile_table(result))
+    out.print(_verdict(result), markup=False, soft_wrap=True)
+    if json_out is not None:
+        with cli_errors("--json"):
+            json_out.write_text(json.dumps(json_safe(result.to_dict()), indent=2) + "\n", "utf-8")
+        out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
+
+
+def _rate_line(p: RatePoint) -> str:
+    lat = p.latency
+    return (
+        f"{p.offered_per_s:,.0f}/s offered: {p.assigned}/{p.submitted} assigned, "
+        f"{p.achieved_per_s:,.0f}/s achieved, p50 {lat.p50_ms:.2f} ms, p99 {lat.p99_ms:.2f} ms"
+    )
+
+
+def _pipeline_table(result: PipelineResult) -> Table:
+    raw = result.raw
+    table = Table(
+        title=f"pipeline latency (raw broker round trip: p50 {raw.p50_ms:.2f} ms, "
+        f"p99 {raw.p99_ms:.2f} ms over {raw.count})",
+        title_justify="left",
+    )
+    headers = ["offered/s", "submitted", "assigned", "achieved/s", "p50 ms", "p99 ms"]
+    headers += ["max ms", "p99 / raw p99", "kept up"]
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    for p in result.points:
+        lat = p.latency
+        ratio = lat.p99_ms / raw.p99_ms if raw.p99_ms > 0 else math.nan
+        table.add_row(
+            f"{p.offered_per_s:,.0f}",
+            f"{p.submitted:,}",
+            f"{p.assigned:,}",
+            f"{p.achieved_per_s:,.0f}",
+            f"{lat.p50_ms:.2f}",
+            f"{lat.p99_ms:.2f}",
+            f"{lat.max_ms:.2f}",
+            f"{ratio:.1f}x",
+            "yes" if p.kept_up else "no",
+        )
+    return table
+
+
+def _profile_table(result: PipelineResult) -> Table:
+    table = Table(
+        title="where the placement agent's time goes (per batch, ms; share of wall time)",
+        title_justify="left",
+    )
+    headers = ["offered/s", "batches", "records/batch", "decode", "core.handle"]
+    headers += ["encode+produce", "flush", "commit", "cores: agent/broker/bench/other"]
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    for p in result.points:
+        a = p.agent
+
+        def part(name: str, a: dict[str, float] = a) -> str:
+            return f"{a[name + '_ms_per_batch']:.2f} ({100 * a[name + '_share']:.0f}%)"
+
+        table.add_row(
+            f"{p.offered_per_s:,.0f}",
+            f"{a['batches']:,.0f}",
+            f"{a['records_per_batch']:.1f}",
+            part("decode"),
+            part("core"),
+            part("publish"),
+            part("flush"),
+            part("commit"),
+            _cores(p.cpu),
+        )
+    return table
+
+
+def _cores(cpu: dict[str, float]) -> str:
+    names = ("agent_cores", "broker_cores", "bench_cores", "other_cores")
+    return "/".join("-" if math.isnan(cpu[n]) else f"{cpu[n]:.2f}" for n in names)
+
+
+def _verdict(result: PipelineResult) -> str:
+    point = result.ratio_point()
+    where = f"{point.offered_per_s:,.0f}/s" if point is not None else "-"
+    return (
+        f"pipeline p99 / raw p99 at {where}: {result.ratio():.1f}x (target <= 5x); "
+        f"sustained: {result.sustained_per_s():,.0f} submissions/s (target >= 2,000/s)"
+    )

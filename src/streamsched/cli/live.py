@@ -96,11 +96,38 @@ def placement(
     heartbeat_timeout_s: Annotated[
         float, typer.Option(min=1.0, help="A node silent this long is lost.")
     ] = 15.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: a free port; "
+            "default: no metrics server).",
+        ),
+    ] = None,
+    replay_start: Annotated[
+        float | None,
+        typer.Option(
+            hidden=True,
+            help="Replay: core time is (now - REPLAY_START) * speedup (epoch seconds).",
+        ),
+    ] = None,
+    replay_speedup: Annotated[
+        float, typer.Option(hidden=True, help="Replay: trace seconds per wall second (> 0).")
+    ] = 1.0,
 ) -> None:
     """Run the placement agent: live events in, assignments and audit records out."""
+    import math
+
+    from streamsched import metrics
+
     if policy not in POLICY_NAMES or policy == "oracle":
         known = ", ".join(p for p in POLICY_NAMES if p != "oracle")
         fail(f"--policy {policy!r}: not a live policy; choose one of {known}")
+    if not (math.isfinite(replay_speedup) and replay_speedup > 0):
+        fail(f"--replay-speedup {replay_speedup:g}: must be a finite number > 0")
+    if replay_start is not None and not math.isfinite(replay_start):
+        fail(f"--replay-start {replay_start:g}: must be finite epoch seconds")
     servers, settings = require_bootstrap("placement agent")
     with cli_errors():
         agent = PlacementAgent(
@@ -108,5 +135,11 @@ def placement(
             policy=policy,
             decision_prefix=decision_prefix,
             heartbeat_timeout_s=heartbeat_timeout_s,
+            replay_start=replay_start,
+            replay_speedup=replay_speedup,
         )
+    if metrics_port is not None:
+        with cli_errors("--metrics-port"):
+            bound = metrics.serve(metrics_port)
+        typer.echo(f"metrics: http://127.0.0.1:{bound}/metrics")
     run_until_signalled(agent.run, "placement agent")
