@@ -32,6 +32,8 @@ Wire contract:
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -61,7 +63,7 @@ from streamsched.scheduler import events as core_events
 from streamsched.scheduler.convert import (
     core_event_from_wire,
     core_time_from_datetime,
-    wire_from_instruction,
+    wire_records_from_instruction,
 )
 from streamsched.scheduler.core import CoreConfig, SchedulerCore
 from streamsched.scheduler.forecasting import RunningMeanForecaster
@@ -70,6 +72,8 @@ from streamsched.scheduler.instructions import (
     DeadlineInfeasible,
     Instruction,
     Learned,
+    PolicyRejected,
+    PolicyUpdated,
     Preempt,
     Reject,
     StaleEvent,
@@ -107,6 +111,13 @@ CORE_TOPIC_PARTITIONS = 4
 BATCH_SIZE = 500
 #: Longest the loop blocks waiting for a first record (then checks ``stop`` and ticks).
 POLL_TIMEOUT_S = 0.2
+#: Event-time mode (replay): how far behind the replay clock the watermark runs (wall
+#: seconds; events delayed more than this are applied late), and how often it is checked.
+REPLAY_LATENESS_S = 0.25
+EVENT_TIME_POLL_S = 0.01
+#: Wall seconds an attempt may be missing from its node's heartbeats before the core
+#: declares it lost (``CoreConfig.reconcile_grace_s``).
+RECONCILE_GRACE_S = 30.0
 #: How long a flush may take (after a batch, and on stop).
 FLUSH_TIMEOUT_S = 10.0
 #: Gauges (queue depth, running, consumer lag) are refreshed at most this often.
@@ -252,7 +263,20 @@ class PlacementAgent:
     ``heartbeat_timeout_s * replay_speedup`` (a node silent for ``heartbeat_timeout_s`` wall
     seconds is lost), and a bare tick every ``tick_s`` wall seconds advances core time by
     ``tick_s * replay_speedup``. ValueError unless ``replay_speedup`` > 0 (finite).
-    ``SUBMIT_TO_ASSIGNED`` stays in wall seconds (it compares envelope times).
+    ``SUBMIT_TO_ASSIGNED`` stays in wall seconds (it compares envelope times). The
+    heartbeat reconciliation grace (:data:`RECONCILE_GRACE_S`) is scaled the same way.
+
+    A replay also runs on **event time**: each event is applied at the core time of its own
+    ``occurred_at`` (the moment the producer observed it). Events are held until a
+    watermark, the replay clock minus ``replay_lateness_s`` wall seconds, passes them, then
+    applied in time order, groups of equal time in one call, as the simulator applies
+    them; an event later than that is applied at the latest time already reached (time
+    never goes back). The records a decision produces carry the wall time of its core time,
+    so a replaying executor's attempt ends at decision + runtime on the trace's clock. A
+    compressed replay turns milliseconds of delivery and batching into minutes of trace
+    time; on event time the core sees arrivals and completions when they happened, so the
+    live decisions can be compared with the simulated ones. Input offsets are committed
+    only past records already applied. Idle ticks run at the watermark.
 
     ``group_id`` is the consumer group of the input offsets; ``start_at_end`` makes
     partitions without a committed offset start at their end instead of their beginning
@@ -273,6 +297,7 @@ class PlacementAgent:
         heartbeat_timeout_s: float | None = 15.0,
         replay_start: float | None = None,
         replay_speedup: float = 1.0,
+        replay_lateness_s: float = REPLAY_LATENESS_S,
         group_id: str = GROUP_ID,
         start_at_end: bool = False,
     ) -> None:
@@ -282,10 +307,20 @@ class PlacementAgent:
             raise ValueError(f"replay speedup must be a finite number > 0, got {replay_speedup}")
         #: Wire time (an aware datetime) -> core time.
         self.core_time: Callable[[datetime], float] = core_time_from_datetime
+        reconcile_grace_s = RECONCILE_GRACE_S
+        #: Replay: core time follows the events' own times (see the class docstring).
+        self.event_time = replay_start is not None
         if replay_start is not None:
             clock, self.core_time = replay_clock(replay_start, replay_speedup)
             if heartbeat_timeout_s is not None:
                 heartbeat_timeout_s *= replay_speedup
+            reconcile_grace_s *= replay_speedup
+        #: Event-time mode: the latest core time applied; events held until the watermark
+        #: (replay clock - lateness) passes them; the replay's wall <-> core mapping.
+        self._now = -math.inf
+        self._lateness = replay_lateness_s * replay_speedup
+        self._held = HeldEvents()
+        self._replay = (replay_start or 0.0, replay_speedup)
         self.config = dict(config)
         self.tick_s = tick_s
         self.clock = clock
@@ -295,7 +330,11 @@ class PlacementAgent:
         self.core = SchedulerCore(
             get_policy(policy),
             RunningMeanForecaster(),
-            CoreConfig(decision_prefix=decision_prefix, heartbeat_timeout_s=heartbeat_timeout_s),
+            CoreConfig(
+                decision_prefix=decision_prefix,
+                heartbeat_timeout_s=heartbeat_timeout_s,
+                reconcile_grace_s=reconcile_grace_s,
+            ),
         )
         #: Wire submissions by task id, while the core may still need them (see above).
         self.submissions: dict[str, TaskSubmitted] = {}
@@ -365,12 +404,20 @@ class PlacementAgent:
         last_cycle = time.monotonic()
         while not stop.is_set():
             idle = time.monotonic() - last_cycle
-            first = consumer.poll(max(0.0, min(POLL_TIMEOUT_S, self.tick_s - idle)))
+            wait = min(POLL_TIMEOUT_S, self.tick_s - idle)
+            if self.event_time:
+                wait = min(wait, EVENT_TIME_POLL_S)
+            first = consumer.poll(max(0.0, wait))
             batch = [first] if first is not None else []
             if first is not None and BATCH_SIZE > 1:
                 batch += consumer.consume(num_messages=BATCH_SIZE - 1, timeout=0)
             records = [m for m in batch if self._ok(m)]
-            if records:
+            if self.event_time:
+                if records:
+                    self.handle_batch(records)
+                if self._release(consumer, tick=time.monotonic() - last_cycle >= self.tick_s):
+                    last_cycle = time.monotonic()
+            elif records:
                 self.handle_batch(records)
                 last_cycle = time.monotonic()
                 self._commit(consumer, records)
@@ -393,13 +440,17 @@ class PlacementAgent:
             per_topic[topic] = per_topic.get(topic, 0) + 1
             event = self._decode(msg)
             if event is None:
+                if self.event_time:
+                    self._held.add(_source(msg), None, -math.inf)  # offset may be committed
                 continue
             if isinstance(event, TaskSubmitted):
                 self.submissions.setdefault(event.task_id, event)
             elif isinstance(event, NodeHeartbeat):
                 self.node_hardware[event.node_id] = event.hardware
             stimulus = core_event_from_wire(event, now_s=now_s, core_time=self.core_time)
-            if stimulus is not None:
+            if self.event_time:
+                self._held.add(_source(msg), stimulus, self.core_time(event.occurred_at))
+            elif stimulus is not None:
                 stimuli.append(stimulus)
         t1 = time.perf_counter()
         for topic, count in per_topic.items():
@@ -408,15 +459,54 @@ class PlacementAgent:
         timings.batches += 1
         timings.records += len(records)
         timings.decode_s += t1 - t0
-        self._emit(self._handle_core(stimuli))
+        if not self.event_time:
+            self._emit(self._handle_core(stimuli))
 
-    def _handle_core(self, stimuli: list[core_events.Event] | tuple[()]) -> list[Instruction]:
+    def _release(self, consumer: Consumer, tick: bool) -> bool:
+        """Event-time mode: apply the held events the watermark has passed, in time order,
+        each group of equal time at ``max(its time, the latest time applied)`` as the
+        simulator applies them; publish each group's records stamped with the wall time
+        of its core time; flush; commit what is no longer held. With nothing to apply and
+        ``tick`` set, tick at the watermark. True if the core ran."""
+        watermark = self.clock() - self._lateness
+        groups = self._held.release(watermark)
+        if not groups and not tick:
+            self._commit_released(consumer)
+            return False
+        if not groups:
+            self.timings.ticks += 1
+            groups = [(max(self._now, watermark), [])]
+        for at, group in groups:
+            self._now = max(self._now, at)
+            out = self._handle_core(group, now=self._now)
+            start, speedup = self._replay
+            stamp = datetime.fromtimestamp(start + self._now / speedup, tz=UTC)
+            self._emit(out, occurred_at=stamp, flush=False)
+        self._flush()
+        self._commit_released(consumer)
+        return True
+
+    def _commit_released(self, consumer: Consumer) -> None:
+        offsets = self._held.committable()
+        if offsets:
+            try:
+                consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    asynchronous=True,
+                )
+            except KafkaException as exc:
+                logger.warning("offset commit failed: %s", exc)
+
+    def _handle_core(
+        self, stimuli: list[core_events.Event] | tuple[()], now: float | None = None
+    ) -> list[Instruction]:
+        """Apply ``stimuli`` to the core in one call at ``now`` (default: the clock)."""
         t0 = time.perf_counter()
+        out: list[Instruction] = []
         try:
-            out = self.core.handle(*stimuli, now=self.clock())
+            out = self.core.handle(*stimuli, now=self.clock() if now is None else now)
         except Exception:  # a core bug must not stop placement for everyone else
             logger.exception("the core failed on a batch of %d event(s)", len(stimuli))
-            out = []
         elapsed = time.perf_counter() - t0
         self.timings.core_s += elapsed
         if stimuli:
@@ -530,11 +620,16 @@ class PlacementAgent:
 
     # ------------------------------------------------------------------ output
 
-    def _emit(self, instructions: list[Instruction]) -> None:
+    def _emit(
+        self,
+        instructions: list[Instruction],
+        occurred_at: datetime | None = None,
+        flush: bool = True,
+    ) -> None:
         """Publish the wire records of ``instructions``, flush, keep the metrics, and drop
         the submissions the core no longer needs."""
         t0 = time.perf_counter()
-        occurred_at = datetime.now(UTC)
+        occurred_at = occurred_at or datetime.now(UTC)
         first_assigned: list[tuple[str, str]] = []  # (hardware, task id) of 1st attempts
         settled: set[str] = set()  # tasks that may have become terminal (or were refused)
         for ins in instructions:
@@ -545,15 +640,15 @@ class PlacementAgent:
                 continue
             if isinstance(ins, Learned | DeadlineInfeasible):
                 continue  # log and forecast material, no wire record
+            if isinstance(ins, PolicyUpdated | PolicyRejected):
+                _log_policy_change(ins)
+                continue
             self._publish(ins, occurred_at, first_assigned)
             if isinstance(ins, Reject):
                 settled.add(ins.task_id)
         t1 = time.perf_counter()
-        producer = self._producer
-        if producer is not None and len(producer):
-            left = producer.flush(FLUSH_TIMEOUT_S)
-            if left:
-                logger.error("%d record(s) not delivered after a batch", left)
+        if flush:
+            self._flush()
         t2 = time.perf_counter()
         self._observe_submit_to_assigned(first_assigned)
         for task_id in settled:
@@ -565,18 +660,24 @@ class PlacementAgent:
         timings.flush_s += t2 - t1
         timings.metrics_s += time.perf_counter() - t2
 
+    def _flush(self) -> None:
+        producer = self._producer
+        if producer is not None and len(producer):
+            left = producer.flush(FLUSH_TIMEOUT_S)
+            if left:
+                logger.error("%d record(s) not delivered after a batch", left)
+
     def _publish(
         self, ins: Instruction, occurred_at: datetime, first_assigned: list[tuple[str, str]]
     ) -> None:
         """Produce the wire record(s) of one instruction and count the decision."""
         try:
-            out = wire_from_instruction(
+            records = wire_records_from_instruction(
                 ins, submissions=self.submissions, occurred_at=occurred_at, source=self.source
             )
         except Exception:
             logger.exception("cannot publish %r", ins)
             return
-        records = out if isinstance(out, tuple) else (out,)
         for record in records:
             if isinstance(record, Assignment):
                 self._to_node(record, record.node_id, record.hardware)
@@ -586,7 +687,7 @@ class PlacementAgent:
                     logger.error(
                         "dropping %s: hardware of node %r unknown", record.type, record.node_id
                     )
-                    return
+                    continue
                 self._to_node(record, record.node_id, node_hw)
             elif isinstance(record, DecisionAudit | TaskRejected):
                 self._event(DECISIONS, record.task_id, record)
@@ -664,6 +765,76 @@ class PlacementAgent:
         logger.error("dropping a record for %s: producer queue full", topic)
 
 
+def _source(msg: Message) -> tuple[str, int, int]:
+    return (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+class HeldEvents:
+    """Events waiting for the watermark (event-time mode), in time order, and the
+    offsets that may be committed: a partition's offset advances past a record only once
+    every record before it was applied (or needed no applying)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, core_events.Event, tuple[str, int], int]] = []
+        self._seq = itertools.count()
+        self._held: dict[tuple[str, int], set[int]] = {}  # offsets not applied yet
+        self._next: dict[tuple[str, int], int] = {}  # past the last record read
+        self._committed: dict[tuple[str, int], int] = {}
+
+    def add(
+        self, source: tuple[str, int, int], stimulus: core_events.Event | None, at: float
+    ) -> None:
+        """Hold ``stimulus`` (to apply at core time ``at``) read at ``source`` = (topic,
+        partition, offset); ``None`` only records that the offset was read."""
+        topic, partition, offset = source
+        tp = (topic, partition)
+        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+        if stimulus is not None:
+            self._held.setdefault(tp, set()).add(offset)
+            heapq.heappush(self._heap, (at, next(self._seq), stimulus, tp, offset))
+
+    def release(self, watermark: float) -> list[tuple[float, list[core_events.Event]]]:
+        """The held events at or before ``watermark``, grouped by equal time, in order
+        (arrival order within a group)."""
+        groups: list[tuple[float, list[core_events.Event]]] = []
+        while self._heap and self._heap[0][0] <= watermark:
+            at, _seq, stimulus, tp, offset = heapq.heappop(self._heap)
+            self._held[tp].discard(offset)
+            if groups and groups[-1][0] == at:
+                groups[-1][1].append(stimulus)
+            else:
+                groups.append((at, [stimulus]))
+        return groups
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        """Offsets to commit now (only those that moved since the last call)."""
+        out = {}
+        for tp, nxt in self._next.items():
+            held = self._held.get(tp)
+            offset = min(held) if held else nxt
+            if offset > self._committed.get(tp, -1):
+                self._committed[tp] = offset
+                out[tp] = offset
+        return out
+
+
+def _log_policy_change(ins: PolicyUpdated | PolicyRejected) -> None:
+    """A policy update's outcome: logged, and counted as a decision."""
+    if isinstance(ins, PolicyRejected):
+        logger.error("policy update %s refused: %s", ins.stimulus_id, ins.reason)
+        metrics.DECISIONS.labels("policy_rejected", "").inc()
+    elif ins.changed:
+        logger.info(
+            "policy %s (%s) replaces %s (%s), by %s",
+            ins.policy,
+            ins.version,
+            ins.previous_policy,
+            ins.previous_version,
+            ins.stimulus_id,
+        )
+        metrics.DECISIONS.labels("policy_update", "").inc()
+
+
 def _log_delivery(error: KafkaError | None, msg: Message) -> None:
     if error is not None:
         logger.error("delivery to %s failed: %s", msg.topic(), error)
@@ -677,6 +848,7 @@ def _log_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> N
 __all__ = [
     "GROUP_ID",
     "INPUT_TOPICS",
+    "HeldEvents",
     "LoopTimings",
     "PlacementAgent",
     "StateGauges",

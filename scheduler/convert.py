@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from streamsched.schemas import commands as wire_commands
 from streamsched.schemas import lifecycle as wire
@@ -42,7 +45,7 @@ from streamsched.schemas.codec import Event as WireEvent
 from streamsched.schemas.decisions import Assignment, DecisionAudit, DecisionCandidate
 from streamsched.schemas.nodes import NodeHeartbeat
 from streamsched.schemas.tasks import DeclaredWork, Priority, TaskRejected, TaskSubmitted
-from streamsched.schemas.types import MAX_ID_CHARS, MAX_TEXT_CHARS
+from streamsched.schemas.types import CONTEXT_KNOWN_HARDWARE, MAX_ID_CHARS, MAX_TEXT_CHARS
 
 from . import events as core
 from .instructions import Assign, Candidate, Decision, Instruction, Preempt, Reject
@@ -56,6 +59,8 @@ PRIORITY_TO_CORE: dict[Priority, PriorityClass] = {
     Priority.NORMAL: PriorityClass.NORMAL,
     Priority.LOW: PriorityClass.LOW,
 }
+
+_M = TypeVar("_M", bound=BaseModel)
 
 #: A wire record made from a core instruction.
 WireRecord = Assignment | DecisionAudit | TaskRejected | wire_commands.StopAttempt
@@ -262,6 +267,13 @@ def wire_score(score: float) -> float | None:
     return float(score)
 
 
+def _from_core(model: type[_M], classes: Iterable[str], /, **fields: Any) -> _M:
+    """``model(**fields)``, accepting the hardware classes the core placed on: the core
+    only knows classes that nodes registered with (built-in or configured), so they are
+    valid in this deployment even when not built in."""
+    return model.model_validate(fields, context={CONTEXT_KNOWN_HARDWARE: frozenset(classes)})
+
+
 def decision_candidate_to_wire(candidate: Candidate) -> DecisionCandidate | None:
     """The wire form of a candidate, or ``None`` if its predicted runtime or wait is not
     finite (an infeasible option the wire model cannot express; it is left out of the
@@ -270,7 +282,9 @@ def decision_candidate_to_wire(candidate: Candidate) -> DecisionCandidate | None
         math.isfinite(candidate.predicted_runtime_s) and math.isfinite(candidate.expected_wait_s)
     ):
         return None
-    return DecisionCandidate(
+    return _from_core(
+        DecisionCandidate,
+        {candidate.hardware},
         node_id=candidate.node_id,
         hardware=candidate.hardware,
         score=wire_score(candidate.score),
@@ -298,7 +312,10 @@ def decision_audit_to_wire(
     base = decision.decision_id
     if preempted is not None:
         base = f"{base}.{preempted[0]}.{preempted[1]}"
-    return DecisionAudit(
+    hardware = {decision.chosen_hardware, *(c.hardware for c in decision.candidates)}
+    return _from_core(
+        DecisionAudit,
+        hardware,
         event_id=derived_event_id(base, "audit"),
         kind="assign" if preempted is None else "preempt",
         preempted_task_id=None if preempted is None else preempted[0],
@@ -331,7 +348,9 @@ def assignment_to_wire(
         raise ValueError(
             f"submission is for task {submission.task_id!r}, the assignment for {ins.task_id!r}"
         )
-    return Assignment(
+    return _from_core(
+        Assignment,
+        {ins.hardware},
         event_id=derived_event_id(ins.decision.decision_id, "assignment"),
         occurred_at=occurred_at,
         source=source,

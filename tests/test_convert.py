@@ -804,3 +804,20 @@ def test_a_replay_clock_maps_wire_times_into_core_time() -> None:
     sub = core_event_from_wire(submitted(deadline=deadline), now_s=0.0, core_time=replay)
     assert isinstance(sub, core_events.TaskSubmitted)
     assert sub.spec.deadline_s == pytest.approx(6000.0)
+
+
+def test_a_hardware_class_known_only_from_heartbeats_is_valid_in_assignments() -> None:
+    """The core places on classes nodes registered with, built in or not."""
+    data = heartbeat().model_dump()
+    data["hardware"] = "gpu-h100x"
+    hb = NodeHeartbeat.model_validate(data, context={"known_hardware": {"gpu-h100x"}})
+    core = placement_core()
+    sub = gpu_submission()
+    out = run(core, hb, sub, now_s=T0.timestamp())
+    (assign,) = [ins for ins in out if isinstance(ins, Assign)]
+    wire_out = wire_from_instruction(
+        assign, submissions={sub.task_id: sub}, occurred_at=T0, source="placement/0"
+    )
+    assert isinstance(wire_out, tuple)
+    assignment, audit = wire_out
+    assert assignment.hardware == audit.chosen_hardware == "gpu-h100x"

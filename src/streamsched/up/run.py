@@ -247,6 +247,12 @@ def _live(
     wall = time.monotonic() - wall0
     total_gpus = sum(n.gpus for n in nodes)
     live = tracker.report(cfg.policy, trace.name, total_gpus, wall)
+    # The baseline: the simulation of the same events, nodes registered in the order the
+    # live agent saw them (ties between equal nodes go to the first registered).
+    order = {node_id: i for i, node_id in enumerate(tracker.registration_order())}
+    same_order = sorted(nodes, key=lambda n: order.get(n.node_id, len(order)))
+    if [n.node_id for n in same_order] != [n.node_id for n in nodes]:
+        sim = simulate(trace, same_order, cfg.policy)
     simulated: SimReport = sim.report  # type: ignore[attr-defined]
     return UpResult(
         live=live,
@@ -380,7 +386,9 @@ def _drive(
                 note(f"{len(tracker.nodes)} executors registered")
             while index < len(jobs) and clock.wall(jobs[index].arrival_s) <= now:
                 job = jobs[index]
-                event = wire_submission(job, datetime.now(UTC))
+                # The event time is the arrival time (the loop may wake a little late).
+                arrival = datetime.fromtimestamp(clock.wall(job.arrival_s), tz=UTC)
+                event = wire_submission(job, arrival)
                 producer.produce(
                     topics.TASKS_SUBMITTED,
                     codec.encode(event),

@@ -88,6 +88,7 @@ class LiveTracker:
         self.clock = clock
         self.tasks = {j.spec.task_id: TaskRecord(j) for j in jobs}
         self.nodes: dict[str, str] = {}  # node id -> hardware, from heartbeats
+        self.first_seen: dict[str, float] = {}  # node id -> wall time of its first heartbeat
         self.duplicate_completions = 0
         self.preemptions = 0
         self.decisions = 0
@@ -110,6 +111,8 @@ class LiveTracker:
             self._seen.add(event_id)
         if isinstance(event, NodeHeartbeat):
             self.nodes[event.node_id] = event.hardware
+            seen = self.first_seen.get(event.node_id)
+            self.first_seen[event.node_id] = wall_s if seen is None else min(seen, wall_s)
             return
         record = self.tasks.get(getattr(event, "task_id", None) or "")
         if record is None:
@@ -215,6 +218,11 @@ class LiveTracker:
         """Mean absolute relative error of the runtime predictions of completed attempts."""
         errors = [abs(p - a) / a for p, a in self._errors if a > 0]
         return float(np.mean(errors)) if errors else None
+
+    def registration_order(self) -> list[str]:
+        """Node ids in the order they registered (first heartbeat's time; the placement
+        agent applies events in time order on a replay, so this is its node order)."""
+        return sorted(self.first_seen, key=lambda n: (self.first_seen[n], n))
 
     def placements(self) -> dict[str, tuple[str, str]]:
         """First placement (node id, hardware class) of every placed task."""
