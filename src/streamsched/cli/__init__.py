@@ -1,8 +1,9 @@
 """The ``streamsched`` command line (typer + rich).
 
-Commands: ``simulate`` (replay a trace through the policies), ``schemas export|validate``,
-``bench core`` and ``demo``. Bad input ends as one ``error:`` line on stderr and exit
-code 2, never a traceback.
+Live: ``up`` (the whole system on this machine), ``submit``, ``status``, ``cancel``,
+``ingest``, and the parts ``processor``, ``placement``, ``executor``, ``broker``. Offline:
+``simulate``, ``demo``, ``schemas export|validate``, ``bench core|pipeline``. Bad input
+ends as one ``error:`` line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 
 from streamsched import __version__
 
-from . import bench, executor_cmd, live, schemas_cmd, tasks_cmd, up_cmd
+from . import bench, executor_cmd, live, processor_cmd, schemas_cmd, tasks_cmd, up_cmd
 from ._common import stdout_console
 from .simulate import SimulateArgs, run_simulate, simulate
 
@@ -21,23 +22,26 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="streamsched",
-    help="Event-streaming scheduler for machine-learning work: simulate, inspect, benchmark.",
+    help="Event-streaming scheduler for machine-learning work on Kafka: run a live cluster, "
+    "submit and watch tasks, simulate, benchmark.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+# The live system: one command for all of it, then the clients, then its parts.
+app.command("up")(up_cmd.up)
+app.command("submit")(tasks_cmd.submit)
+app.command("status")(tasks_cmd.status)
+app.command("cancel")(tasks_cmd.cancel)
+app.command("ingest")(tasks_cmd.ingest)
+app.command("processor")(processor_cmd.processor)
+app.command("placement")(live.placement)
+app.command("executor")(executor_cmd.executor)
+app.command("broker")(live.broker)
+# Offline: simulation, schemas, benchmarks.
 app.command("simulate")(simulate)
 app.add_typer(schemas_cmd.app, name="schemas")
 app.add_typer(bench.app, name="bench")
-app.command("executor")(executor_cmd.executor)
-app.command("placement")(live.placement)
-app.command("broker")(live.broker)
-app.command("submit")(tasks_cmd.submit)
-app.command("cancel")(tasks_cmd.cancel)
-app.command("processor")(tasks_cmd.processor)
-app.command("status")(tasks_cmd.status)
-app.command("ingest")(tasks_cmd.ingest)
-app.command("up")(up_cmd.up)
 
 #: What ``streamsched demo`` (and ``make demo``) runs.
 DEMO = SimulateArgs(trace="gavel:sample", cluster="v100=4,p100=4,k80=4", policy="all")
@@ -58,7 +62,8 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Event-streaming scheduler for machine-learning work: simulate, inspect, benchmark."""
+    """Event-streaming scheduler for machine-learning work on Kafka: run a live cluster,
+    submit and watch tasks, simulate, benchmark."""
 
 
 @app.command("demo")
