@@ -365,7 +365,7 @@ class SchedulerCore:
         rec.hardware = self.cluster.specs[row].hardware
         self.on_row.setdefault(row, set()).add(spec.task_id)
         self.occupancy_s[row] += rec.predicted_s
-        self.refresh_next_end(row)
+        self._end_changed(row, None, self._end_of(rec))
         if spec.preemptible:
             self.preemptible_on_row[row] = self.preemptible_on_row.get(row, 0) + 1
         alloc = self.tenant_alloc.setdefault(spec.tenant, [0, 0, 0])
@@ -380,7 +380,7 @@ class SchedulerCore:
         self.cluster.release(rec.row, spec, rec.gpu_indices)
         self.on_row.get(rec.row, set()).discard(spec.task_id)
         self.occupancy_s[rec.row] = max(0.0, self.occupancy_s[rec.row] - rec.predicted_s)
-        self.refresh_next_end(rec.row)
+        self._end_changed(rec.row, self._end_of(rec), None)
         if spec.preemptible:
             left = self.preemptible_on_row.pop(rec.row) - 1
             if left:
@@ -397,13 +397,29 @@ class SchedulerCore:
         rec.row, rec.gpu_indices, rec.preempting, rec.preempted_for = -1, (), False, None
         rec.last_listed_at = rec.stop_requested_at = None
 
+    @staticmethod
+    def _end_of(rec: TaskRecord) -> float:
+        """When ``rec``'s attempt is predicted to end (start, else assignment, + runtime)."""
+        start = rec.started_at if rec.started_at is not None else rec.assigned_at
+        return (start or 0.0) + rec.predicted_s
+
     def refresh_next_end(self, row: int) -> None:
-        ends = []
-        for tid in self.on_row.get(row, ()):
-            r = self.tasks[tid]
-            start = r.started_at if r.started_at is not None else r.assigned_at
-            ends.append((start or 0.0) + r.predicted_s)
-        self.row_next_end[row] = min(ends, default=math.inf)
+        """Recompute ``row_next_end[row]``: the earliest predicted end on the row."""
+        self.row_next_end[row] = min(
+            (self._end_of(self.tasks[tid]) for tid in self.on_row.get(row, ())),
+            default=math.inf,
+        )
+
+    def _end_changed(self, row: int, old_end: float | None, new_end: float | None) -> None:
+        """Keep ``row_next_end[row]`` the minimum of the row's predicted ends when one
+        attempt's end moves from ``old_end`` to ``new_end`` (None: the attempt left or
+        arrived; the row's tasks are already updated). Walks the row only when the moved
+        end was the minimum, so holds and most releases cost O(1)."""
+        current = self.row_next_end[row]
+        if old_end is not None and old_end <= current:
+            self.refresh_next_end(row)
+        elif new_end is not None and new_end < current:
+            self.row_next_end[row] = new_end
 
     def _current(self, rec: TaskRecord | None, task_id: str, attempt: int, event: str) -> bool:
         """True when the event concerns the live attempt; otherwise it is recorded."""
@@ -593,8 +609,9 @@ class SchedulerCore:
             return
         assert rec is not None
         if rec.state is S.ASSIGNED:
+            old_end = self._end_of(rec)
             rec.started_at = now
-            self.refresh_next_end(rec.row)
+            self._end_changed(rec.row, old_end, self._end_of(rec))
             self.transition(rec, S.RUNNING, f"started on {ev.node_id}", now)
 
     def _on_progress(self, ev: TaskProgress, now: float) -> None:
@@ -612,8 +629,9 @@ class SchedulerCore:
         full = (now - rec.started_at) / done
         remaining = full * (1.0 - rec.progress)
         self.occupancy_s[rec.row] += remaining - rec.predicted_s
+        old_end = self._end_of(rec)
         rec.predicted_s = remaining
-        self.refresh_next_end(rec.row)
+        self._end_changed(rec.row, old_end, self._end_of(rec))
         if rec.spec.task_type not in self.learned_types and rec.hardware is not None:
             self._learn(rec.spec, rec.hardware, full)
 
