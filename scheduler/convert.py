@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -234,11 +235,14 @@ def core_event_from_wire(
 
 
 # ====================================================================== core -> wire
+_WHITESPACE = re.compile(r"\s")
+
+
 def derived_event_id(base: str, suffix: str) -> str:
     """A deterministic event id ``<base>.<suffix>``; when that would exceed the wire's
     identifier length, ``<sha256 of base>.<suffix>`` instead."""
     candidate = f"{base}.{suffix}"
-    if len(candidate) <= MAX_ID_CHARS and not any(ch.isspace() for ch in candidate):
+    if len(candidate) <= MAX_ID_CHARS and _WHITESPACE.search(candidate) is None:
         return candidate
     return f"{hashlib.sha256(base.encode('utf-8')).hexdigest()}.{suffix}"
 
