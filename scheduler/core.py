@@ -9,6 +9,8 @@ with the same ``now`` values gives the same instructions.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,6 +161,11 @@ class SchedulerCore:
         self.occupancy_s: FloatArray = np.zeros(64)
         #: Per row, the earliest raw predicted end of an attempt on it (inf when idle).
         self.row_next_end: FloatArray = np.full(64, math.inf)
+        #: Per row, a min-heap of (predicted end, key, task id) behind ``row_next_end``;
+        #: an entry is live while its key is the task's current key (lazy deletion).
+        self._row_ends: dict[int, list[tuple[float, int, str]]] = {}
+        self._end_key: dict[str, int] = {}
+        self._end_keys = itertools.count()
         self.tenant_alloc: dict[str, list[int]] = {}
         self.rng = np.random.default_rng(self.config.seed)
         self.round_robin_next = 0
@@ -365,7 +372,7 @@ class SchedulerCore:
         rec.hardware = self.cluster.specs[row].hardware
         self.on_row.setdefault(row, set()).add(spec.task_id)
         self.occupancy_s[row] += rec.predicted_s
-        self._end_changed(row, None, self._end_of(rec))
+        self._end_changed(row, rec, self._end_of(rec))
         if spec.preemptible:
             self.preemptible_on_row[row] = self.preemptible_on_row.get(row, 0) + 1
         alloc = self.tenant_alloc.setdefault(spec.tenant, [0, 0, 0])
@@ -380,7 +387,7 @@ class SchedulerCore:
         self.cluster.release(rec.row, spec, rec.gpu_indices)
         self.on_row.get(rec.row, set()).discard(spec.task_id)
         self.occupancy_s[rec.row] = max(0.0, self.occupancy_s[rec.row] - rec.predicted_s)
-        self._end_changed(rec.row, self._end_of(rec), None)
+        self._end_changed(rec.row, rec, None)
         if spec.preemptible:
             left = self.preemptible_on_row.pop(rec.row) - 1
             if left:
@@ -403,23 +410,25 @@ class SchedulerCore:
         start = rec.started_at if rec.started_at is not None else rec.assigned_at
         return (start or 0.0) + rec.predicted_s
 
-    def refresh_next_end(self, row: int) -> None:
-        """Recompute ``row_next_end[row]``: the earliest predicted end on the row."""
-        self.row_next_end[row] = min(
-            (self._end_of(self.tasks[tid]) for tid in self.on_row.get(row, ())),
-            default=math.inf,
-        )
-
-    def _end_changed(self, row: int, old_end: float | None, new_end: float | None) -> None:
-        """Keep ``row_next_end[row]`` the minimum of the row's predicted ends when one
-        attempt's end moves from ``old_end`` to ``new_end`` (None: the attempt left or
-        arrived; the row's tasks are already updated). Walks the row only when the moved
-        end was the minimum, so holds and most releases cost O(1)."""
-        current = self.row_next_end[row]
-        if old_end is not None and old_end <= current:
-            self.refresh_next_end(row)
-        elif new_end is not None and new_end < current:
-            self.row_next_end[row] = new_end
+    def _end_changed(self, row: int, rec: TaskRecord, new_end: float | None) -> None:
+        """``rec``'s attempt on ``row`` is now predicted to end at ``new_end`` (None: it
+        left the row); keep ``row_next_end[row]`` the earliest predicted end on the row.
+        O(log n) per change with a lazily cleaned heap, instead of walking the row."""
+        task_id = rec.spec.task_id
+        heap = self._row_ends.setdefault(row, [])
+        if new_end is None:
+            self._end_key.pop(task_id, None)
+        else:
+            key = next(self._end_keys)
+            self._end_key[task_id] = key
+            heapq.heappush(heap, (new_end, key, task_id))
+        end_key = self._end_key
+        while heap and end_key.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
+        if len(heap) > 2 * len(self.on_row.get(row, ())) + 16:  # stale entries piled up
+            heap[:] = [e for e in heap if end_key.get(e[2]) == e[1]]
+            heapq.heapify(heap)
+        self.row_next_end[row] = heap[0][0] if heap else math.inf
 
     def _current(self, rec: TaskRecord | None, task_id: str, attempt: int, event: str) -> bool:
         """True when the event concerns the live attempt; otherwise it is recorded."""
@@ -609,9 +618,8 @@ class SchedulerCore:
             return
         assert rec is not None
         if rec.state is S.ASSIGNED:
-            old_end = self._end_of(rec)
             rec.started_at = now
-            self._end_changed(rec.row, old_end, self._end_of(rec))
+            self._end_changed(rec.row, rec, self._end_of(rec))
             self.transition(rec, S.RUNNING, f"started on {ev.node_id}", now)
 
     def _on_progress(self, ev: TaskProgress, now: float) -> None:
@@ -629,9 +637,8 @@ class SchedulerCore:
         full = (now - rec.started_at) / done
         remaining = full * (1.0 - rec.progress)
         self.occupancy_s[rec.row] += remaining - rec.predicted_s
-        old_end = self._end_of(rec)
         rec.predicted_s = remaining
-        self._end_changed(rec.row, old_end, self._end_of(rec))
+        self._end_changed(rec.row, rec, self._end_of(rec))
         if rec.spec.task_type not in self.learned_types and rec.hardware is not None:
             self._learn(rec.spec, rec.hardware, full)
 
