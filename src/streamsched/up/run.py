@@ -223,8 +223,12 @@ def _live(
     try:
         children = _start_children(cfg, nodes, clock, run_dir, env, metrics)
         note(f"logs: {run_dir}")
-        note("metrics (Prometheus text format): " + ", ".join(sorted(metrics.values())))
         _write_scrape_targets(run_dir, metrics)
+        note(
+            "metrics (Prometheus): "
+            + ", ".join(f"{name} {url}" for name, url in metrics.items())
+            + f"; scrape targets for Prometheus file_sd: {run_dir / 'prometheus-targets.json'}"
+        )
         interrupted = _drive(
             cfg,
             trace,
