@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -98,3 +100,61 @@ def test_up_replays_a_small_trace_and_every_task_ends_once(tmp_path: Path) -> No
     assert 0 <= live["meta"]["agreement"]["same_hardware"] <= JOBS
     assert "forecast (live)" in done.stdout
     assert "forecast (simulated)" in done.stdout
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_up_and_every_component_cleanly(tmp_path: Path) -> None:
+    """SIGINT (what Ctrl-C sends) mid-replay: `up` stops its components and its broker,
+    prints the partial report and exits 1 (not every task ended); nothing is left."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    argv = [str(CLI), "up", "--duration-s", "120", "--warmup-s", "6", "--run-dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until the replay runs
+            if "executors registered" in line:
+                break
+        time.sleep(3.0)
+        family = _descendants(proc.pid)
+        assert len(family) >= 10  # broker, processor, placement, 8 executors (and helpers)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "forecast (live)" in out
+    assert "(interrupted)" in out
+    left = [pid for pid in family if _alive(pid)]
+    assert left == [], f"processes left behind: {left}"
