@@ -39,7 +39,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -137,13 +139,14 @@ COMPONENT = "placement"
 #: Settings from the environment (``STREAMSCHED_KAFKA_FETCH_WAIT_MAX_MS``, see
 #: :mod:`streamsched.settings`) win.
 CONSUMER_TUNING: dict[str, Any] = {"fetch.wait.max.ms": 10, "fetch.min.bytes": 1}
-#: librdkafka settings of the agent's producer (the environment takes precedence). Every
-#: batch ends with a flush, and a flush sends at once whatever the linger, so a long
-#: linger costs no latency: it only stops librdkafka from sending each record as its own
-#: request while the batch is being published (with ``linger.ms=0`` the embedded broker
-#: spent a whole core on those requests at 1000 submissions/s and fell behind). ``acks=all``
-#: is not a tuning knob and is always set.
-PRODUCER_TUNING: dict[str, Any] = {"linger.ms": 50}
+#: librdkafka settings of the agent's producer (the environment takes precedence). Batches
+#: are not flushed one by one (see :class:`InFlight`), so the linger bounds how long an
+#: output waits to be sent; a few milliseconds still group a batch's records into few
+#: requests (with ``linger.ms=0`` the embedded broker spent a whole core on one request
+#: per record at 1000 submissions/s). ``acks=all`` is not a tuning knob and is always set.
+PRODUCER_TUNING: dict[str, Any] = {"linger.ms": 5}
+#: Batches whose outputs may be in flight at once before the agent waits for them.
+MAX_IN_FLIGHT_BATCHES = 64
 
 _S = TaskState
 _HOLDS = frozenset({_S.ASSIGNED, _S.RUNNING})
@@ -346,6 +349,7 @@ class PlacementAgent:
         self.timings = LoopTimings()
         self.gauges = StateGauges()
         self._assignment_partitions: dict[str, int] = {}  # topic -> partitions (ensured)
+        self._in_flight = InFlight()
         self._producer: Producer | None = None
         self._next_gauges = 0.0
 
@@ -393,8 +397,11 @@ class PlacementAgent:
             left = producer.flush(FLUSH_TIMEOUT_S)
             if left:
                 logger.warning("%d record(s) not delivered on stop", left)
-            self._producer = None
-            consumer.close()
+            try:
+                self._commit_delivered(consumer)
+            finally:
+                self._producer = None
+                consumer.close()
 
     def _loop(
         self, consumer: Consumer, partitions: list[TopicPartition], stop: threading.Event
@@ -418,13 +425,16 @@ class PlacementAgent:
                 if self._release(consumer, tick=time.monotonic() - last_cycle >= self.tick_s):
                     last_cycle = time.monotonic()
             elif records:
-                self.handle_batch(records)
+                with self._in_flight.batch(_next_offsets(records)):
+                    self.handle_batch(records)
                 last_cycle = time.monotonic()
-                self._commit(consumer, records)
             elif time.monotonic() - last_cycle >= self.tick_s:
                 self.timings.ticks += 1
-                self._emit(self._handle_core(()))
+                with self._in_flight.batch({}):
+                    self._emit(self._handle_core(()), flush=False)
                 last_cycle = time.monotonic()
+            if not self.event_time:
+                self._commit_delivered(consumer)
             if time.monotonic() >= self._next_gauges:
                 self._refresh_gauges(consumer, partitions)
 
@@ -460,7 +470,30 @@ class PlacementAgent:
         timings.records += len(records)
         timings.decode_s += t1 - t0
         if not self.event_time:
-            self._emit(self._handle_core(stimuli))
+            self._emit(self._handle_core(stimuli), flush=not self._in_flight.open)
+
+    def _commit_delivered(self, consumer: Consumer) -> None:
+        """Serve delivery reports, then commit the input offsets of every batch whose
+        outputs, and those of every earlier batch, are acknowledged (in batch order).
+        Raises KafkaException if an output could not be delivered: its inputs are then
+        never committed, and a restart handles them again."""
+        producer = self._producer
+        if producer is None:
+            return
+        t0 = time.perf_counter()
+        producer.poll(0)
+        if self._in_flight.pending > MAX_IN_FLIGHT_BATCHES:
+            producer.flush(FLUSH_TIMEOUT_S)  # bound what a slow broker leaves in memory
+        offsets = self._in_flight.delivered()
+        if offsets:
+            try:
+                consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    asynchronous=True,
+                )
+            except KafkaException as exc:
+                logger.warning("offset commit failed: %s", exc)
+        self.timings.commit_s += time.perf_counter() - t0
 
     def _release(self, consumer: Consumer, tick: bool) -> bool:
         """Event-time mode: apply the held events the watermark has passed, in time order,
@@ -560,22 +593,6 @@ class PlacementAgent:
             ("source.offset", str(where[2])),
         ]
         self._produce(DEAD_LETTER, msg.key(), msg.value() or b"", headers)
-
-    def _commit(self, consumer: Consumer, records: list[Message]) -> None:
-        """Commit the offsets after ``records``. Called after the batch's outputs were
-        flushed, so it may be asynchronous: a commit lost in a crash only means a replay
-        of inputs whose outputs are already durable (and deduplicated downstream)."""
-        t0 = time.perf_counter()
-        nxt: dict[tuple[str, int], int] = {}
-        for msg in records:
-            key = (msg.topic() or "", msg.partition() or 0)
-            nxt[key] = max(nxt.get(key, 0), (msg.offset() or 0) + 1)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in nxt.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:
-            logger.warning("offset commit failed: %s", exc)
-        self.timings.commit_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ metrics
 
@@ -757,12 +774,106 @@ class PlacementAgent:
         for _ in range(3):
             try:
                 producer.produce(
-                    topic, value, key=key, headers=headers, on_delivery=_log_delivery, **extra
+                    topic,
+                    value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=self._in_flight.track(),
+                    **extra,
                 )
                 return
             except BufferError:  # local queue full: serve deliveries, retry
                 producer.poll(0.5)
         logger.error("dropping a record for %s: producer queue full", topic)
+
+
+def _next_offsets(records: list[Message]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition), the offset after the last of ``records``."""
+    nxt: dict[tuple[str, int], int] = {}
+    for msg in records:
+        key = (msg.topic() or "", msg.partition() or 0)
+        nxt[key] = max(nxt.get(key, 0), (msg.offset() or 0) + 1)
+    return nxt
+
+
+class _Batch:
+    __slots__ = ("failed", "offsets", "outstanding", "sealed")
+
+    def __init__(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.offsets = offsets
+        self.outstanding = 0
+        self.sealed = False
+        self.failed: str | None = None
+
+
+class InFlight:
+    """Input batches whose outputs may still be in flight, in order (the agent does not
+    wait for each batch's outputs before handling the next one).
+
+    Every record produced inside ``with in_flight.batch(offsets):`` counts against that
+    batch (:meth:`track` gives its delivery callback). :meth:`delivered` returns the input
+    offsets that may be committed: those of the leading batches whose outputs are all
+    acknowledged, so an input is committed only after everything it caused is durable,
+    and never before an earlier batch's. A failed delivery raises KafkaException there.
+    Delivery callbacks run in the agent's thread (``producer.poll``/``flush``).
+    """
+
+    def __init__(self) -> None:
+        self._batches: deque[_Batch] = deque()
+        self._current: _Batch | None = None
+        self._failed: str | None = None  # once set, nothing is committed any more
+
+    @property
+    def open(self) -> bool:
+        """True inside :meth:`batch` (outputs are then not flushed one batch at a time)."""
+        return self._current is not None
+
+    @property
+    def pending(self) -> int:
+        return len(self._batches)
+
+    @contextmanager
+    def batch(self, offsets: dict[tuple[str, int], int]) -> Iterator[None]:
+        current = _Batch(offsets)
+        self._batches.append(current)
+        self._current = current
+        try:
+            yield
+        finally:
+            current.sealed = True
+            self._current = None
+
+    def track(self) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery callback of one record produced now."""
+        current = self._current
+        if current is None:
+            return _log_delivery
+        current.outstanding += 1
+
+        def delivered(error: KafkaError | None, msg: Message) -> None:
+            current.outstanding -= 1
+            if error is not None:
+                _log_delivery(error, msg)
+                current.failed = f"delivery to {msg.topic()} failed: {error}"
+
+        return delivered
+
+    def delivered(self) -> dict[tuple[str, int], int]:
+        """Offsets to commit now (see the class docstring)."""
+        out: dict[tuple[str, int], int] = {}
+        batches = self._batches
+        if self._failed is not None:
+            return out
+        while batches and batches[0].sealed and batches[0].outstanding == 0:
+            head = batches.popleft()
+            if head.failed is not None:
+                self._failed = head.failed
+                raise KafkaException(
+                    KafkaError(KafkaError._FAIL, f"{head.failed}; inputs left uncommitted")
+                )
+            for tp, offset in head.offsets.items():
+                out[tp] = max(out.get(tp, 0), offset)
+        return out
 
 
 def _source(msg: Message) -> tuple[str, int, int]:
@@ -849,6 +960,7 @@ __all__ = [
     "GROUP_ID",
     "INPUT_TOPICS",
     "HeldEvents",
+    "InFlight",
     "LoopTimings",
     "PlacementAgent",
     "StateGauges",
