@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
 import math
 import threading
@@ -88,7 +87,7 @@ from streamsched.schemas import codec
 from streamsched.schemas.commands import StopAttempt
 from streamsched.schemas.decisions import Assignment, DecisionAudit
 from streamsched.schemas.errors import PAYLOAD_FIELD, InvalidEvent
-from streamsched.schemas.hardware import assignment_topic, is_valid_hardware_name
+from streamsched.schemas.hardware import assignment_topic, hardware_named_in
 from streamsched.schemas.nodes import NodeHeartbeat
 from streamsched.schemas.tasks import TaskRejected, TaskSubmitted
 from streamsched.schemas.topics import (
@@ -484,15 +483,7 @@ class PlacementAgent:
         producer.poll(0)
         if self._in_flight.pending > MAX_IN_FLIGHT_BATCHES:
             producer.flush(FLUSH_TIMEOUT_S)  # bound what a slow broker leaves in memory
-        offsets = self._in_flight.delivered()
-        if offsets:
-            try:
-                consumer.commit(
-                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    asynchronous=True,
-                )
-            except KafkaException as exc:
-                logger.warning("offset commit failed: %s", exc)
+        _commit(consumer, self._in_flight.delivered())
         self.timings.commit_s += time.perf_counter() - t0
 
     def _release(self, consumer: Consumer, tick: bool) -> bool:
@@ -520,15 +511,7 @@ class PlacementAgent:
         return True
 
     def _commit_released(self, consumer: Consumer) -> None:
-        offsets = self._held.committable()
-        if offsets:
-            try:
-                consumer.commit(
-                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    asynchronous=True,
-                )
-            except KafkaException as exc:
-                logger.warning("offset commit failed: %s", exc)
+        _commit(consumer, self._held.committable())
 
     def _handle_core(
         self, stimuli: list[core_events.Event] | tuple[()], now: float | None = None
@@ -573,12 +556,8 @@ class PlacementAgent:
 
     def _learn_hardware(self, raw: bytes) -> None:
         """A heartbeat introduces its node's hardware class (it may be a new one)."""
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return
-        hardware = data.get("hardware") if isinstance(data, dict) else None
-        if isinstance(hardware, str) and is_valid_hardware_name(hardware):
+        hardware = hardware_named_in(raw)
+        if hardware is not None:
             self.known_hardware.add(hardware)
 
     def _dead_letter(self, msg: Message, field: str, reason: str) -> None:
@@ -785,6 +764,19 @@ class PlacementAgent:
             except BufferError:  # local queue full: serve deliveries, retry
                 producer.poll(0.5)
         logger.error("dropping a record for %s: producer queue full", topic)
+
+
+def _commit(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
+    """Commit ``offsets`` ((topic, partition) -> next offset) asynchronously; a failure is
+    logged (the next commit covers it; a crash replays, which is harmless)."""
+    if not offsets:
+        return
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True
+        )
+    except KafkaException as exc:
+        logger.warning("offset commit failed: %s", exc)
 
 
 def _next_offsets(records: list[Message]) -> dict[tuple[str, int], int]:

@@ -8,6 +8,7 @@ knows; deployments add their own through configuration (``extra_hardware_classes
 
 from __future__ import annotations
 
+import json
 import re
 
 HARDWARE_CLASS_PATTERN = r"^(cpu|gpu-[a-z0-9][a-z0-9-]{0,30})$"
@@ -64,3 +65,15 @@ def normalize_hardware(raw: str) -> str:
 def assignment_topic(hardware: str) -> str:
     """The Kafka topic an assignment for ``hardware`` is published to."""
     return f"sched.assignments.{hardware}"
+
+
+def hardware_named_in(raw: bytes | str) -> str | None:
+    """The valid hardware class a raw JSON event (e.g. a heartbeat) names in its
+    ``hardware`` field, or None. Consumers use it to accept a new class from the heartbeat
+    that introduces it, before decoding the heartbeat itself."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    hardware = data.get("hardware") if isinstance(data, dict) else None
+    return hardware if isinstance(hardware, str) and is_valid_hardware_name(hardware) else None

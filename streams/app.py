@@ -22,7 +22,6 @@ the web view reads every partition of the tables from the local worker.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import sys
@@ -43,7 +42,7 @@ from streamsched.broker import ensure_topics
 from ..schemas import codec, topics
 from ..schemas.data import DataIngested
 from ..schemas.errors import PAYLOAD_FIELD, InvalidEvent
-from ..schemas.hardware import is_valid_hardware_name
+from ..schemas.hardware import hardware_named_in
 from ..schemas.nodes import NodeHeartbeat
 from . import state as st
 from . import triggers as tr
@@ -133,12 +132,8 @@ class Processor:
             raise InvalidEvent(None, PAYLOAD_FIELD, f"{type(exc).__name__}: {exc}") from None
 
     def _learn_hardware(self, raw: bytes) -> None:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return
-        hardware = data.get("hardware") if isinstance(data, dict) else None
-        if isinstance(hardware, str) and is_valid_hardware_name(hardware):
+        hardware = hardware_named_in(raw)
+        if hardware is not None:
             self.known_hardware.add(hardware)
 
     def skip(self, topic: str, exc: InvalidEvent) -> None:

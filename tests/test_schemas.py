@@ -643,3 +643,20 @@ def test_invalid_preempt_audit_names_the_problem(
     with pytest.raises(InvalidEvent) as info:
         decode(json.dumps(payload), now=NOW)
     assert words in info.value.reason, info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"hardware": "gpu-h200"}', "gpu-h200"),
+        (b'{"hardware": "cpu", "node_id": "n"}', "cpu"),
+        (b'{"hardware": "GPU H200"}', None),
+        (b'{"hardware": 7}', None),
+        (b"[1, 2]", None),
+        (b"not json", None),
+    ],
+)
+def test_hardware_named_in_a_raw_heartbeat(raw: bytes, expected: str | None) -> None:
+    from streamsched.schemas.hardware import hardware_named_in
+
+    assert hardware_named_in(raw) == expected
