@@ -59,6 +59,8 @@ TASK_TOPICS: Final = (topics.TASKS_SUBMITTED, topics.DECISIONS, topics.TASK_EVEN
 CORE_TOPIC_PARTITIONS: Final = 4
 #: How often the trigger timer checks for held-back fires that became due.
 TICK_INTERVAL_S: Final = 1.0
+#: How often the consumer-lag gauge is refreshed, seconds.
+LAG_INTERVAL_S: Final = 5.0
 #: Largest ``limit`` of ``GET /tasks``.
 MAX_LIMIT: Final = 1000
 #: "Now" used to decode inputs: the status view records what happened, so a replayed
@@ -403,6 +405,23 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
             await ticks.send(value=b"tick", partition=0)
 
     app.timer(interval=TICK_INTERVAL_S)(wake_triggers)
+
+    async def report_lag() -> None:
+        """Consumer lag per input topic: high watermark - (last offset read + 1), over the
+        partitions this worker reads and has read from."""
+        try:
+            read = dict(app.monitor.tp_read_offsets)
+            lags = []
+            for tp in app.consumer.assignment():
+                last = read.get(tp)
+                end = app.consumer.highwater(tp)
+                if last is not None and end is not None:
+                    lags.append((tp.topic, end - (last + 1)))
+            metrics.set_consumer_lag(COMPONENT, lags)
+        except Exception as exc:  # a metric must never stop the processor
+            logger.debug("consumer lag not refreshed: %s", exc)
+
+    app.timer(interval=LAG_INTERVAL_S)(report_lag)
 
     async def announce() -> None:
         await _wait_for_port(cfg.web_bind, cfg.web_port)
