@@ -61,7 +61,11 @@ def up(
         Path | None, typer.Option("--run-dir", help="Logs and attempt files (default: a temp dir).")
     ] = None,
     timeout_s: Annotated[
-        float | None, typer.Option("--timeout-s", help="Give up after this many seconds.")
+        float | None,
+        typer.Option(
+            "--timeout-s",
+            help="Give up after this many seconds (default: ten times the expected run).",
+        ),
     ] = None,
     no_processor: Annotated[
         bool, typer.Option("--no-processor", help="Do not start the stream processor.")

@@ -374,7 +374,9 @@ def _drive(
     tracker, lock = tracked
     jobs = sorted(trace.jobs, key=lambda j: (j.arrival_s, j.spec.task_id))
     horizon = jobs[-1].arrival_s / clock.speedup + cfg.duration_s
-    timeout = cfg.timeout_s if cfg.timeout_s is not None else cfg.warmup_s + 3 * horizon + 60
+    # Default: ten times the expected run (a long job placed on slow hardware can stretch
+    # a replay well past its target; the replay ends when every task has).
+    timeout = cfg.timeout_s if cfg.timeout_s is not None else cfg.warmup_s + 10 * horizon + 60
     deadline = time.monotonic() + timeout
     producer = Producer({**config, "acks": "all", "linger.ms": 2})
     queue_url = metrics.get("placement")
