@@ -21,7 +21,8 @@ Wire contract:
   ``source.offset``; the agent never stops on bad input.
 - Outputs: an assignment goes to ``sched.assignments.<hardware>`` (created on first use),
   key = node id, partition :func:`~streamsched.agents.partitioning.partition_for`; its
-  decision audit and any ``task.rejected`` go to ``sched.decisions`` keyed by task id; a
+  decision audit (assignments and preemptions), any ``task.rejected``, and a ``task.ended``
+  for every task the core settles go to ``sched.decisions`` keyed by task id; a
   ``command.stop_attempt`` goes to the assignment topic of the node's hardware (known from
   its heartbeats), same key and partition rule. Every record carries header ``type``.
 - Metrics (:mod:`streamsched.metrics`, see docs/metrics.md): submissions by outcome,
@@ -85,7 +86,7 @@ from streamsched.scheduler.model import TaskState
 from streamsched.scheduler.policies import get_policy
 from streamsched.schemas import codec
 from streamsched.schemas.commands import StopAttempt
-from streamsched.schemas.decisions import Assignment, DecisionAudit
+from streamsched.schemas.decisions import Assignment, DecisionAudit, TaskEnded
 from streamsched.schemas.errors import PAYLOAD_FIELD, InvalidEvent
 from streamsched.schemas.hardware import assignment_topic, hardware_named_in
 from streamsched.schemas.nodes import NodeHeartbeat
@@ -633,6 +634,8 @@ class PlacementAgent:
                 self._count(ins)
                 if isinstance(ins, StaleEvent) or ins.new.terminal:
                     settled.add(ins.task_id)
+                if isinstance(ins, TaskTransition) and ins.new.terminal:
+                    self._publish(ins, occurred_at, first_assigned)  # task.ended
                 continue
             if isinstance(ins, Learned | DeadlineInfeasible):
                 continue  # log and forecast material, no wire record
@@ -685,7 +688,7 @@ class PlacementAgent:
                     )
                     continue
                 self._to_node(record, record.node_id, node_hw)
-            elif isinstance(record, DecisionAudit | TaskRejected):
+            elif isinstance(record, DecisionAudit | TaskRejected | TaskEnded):
                 self._event(DECISIONS, record.task_id, record)
         self._count_decision(ins, first_assigned)
 
@@ -732,7 +735,9 @@ class PlacementAgent:
             partition=partition_for(node_id, partitions),
         )
 
-    def _event(self, topic: str, key: str | None, event: DecisionAudit | TaskRejected) -> None:
+    def _event(
+        self, topic: str, key: str | None, event: DecisionAudit | TaskRejected | TaskEnded
+    ) -> None:
         raw_key = key.encode("utf-8") if key is not None else None
         self._produce(topic, raw_key, codec.encode(event), [("type", event.type)])
 

@@ -43,13 +43,13 @@ from pydantic import BaseModel
 from streamsched.schemas import commands as wire_commands
 from streamsched.schemas import lifecycle as wire
 from streamsched.schemas.codec import Event as WireEvent
-from streamsched.schemas.decisions import Assignment, DecisionAudit, DecisionCandidate
+from streamsched.schemas.decisions import Assignment, DecisionAudit, DecisionCandidate, TaskEnded
 from streamsched.schemas.nodes import NodeHeartbeat
 from streamsched.schemas.tasks import DeclaredWork, Priority, TaskRejected, TaskSubmitted
 from streamsched.schemas.types import CONTEXT_KNOWN_HARDWARE, MAX_ID_CHARS, MAX_TEXT_CHARS
 
 from . import events as core
-from .instructions import Assign, Candidate, Decision, Instruction, Preempt, Reject
+from .instructions import Assign, Candidate, Decision, Instruction, Preempt, Reject, TaskTransition
 from .instructions import StopAttempt as CoreStopAttempt
 from .model import NodeSpec, PriorityClass, TaskSpec
 
@@ -64,7 +64,7 @@ PRIORITY_TO_CORE: dict[Priority, PriorityClass] = {
 _M = TypeVar("_M", bound=BaseModel)
 
 #: A wire record made from a core instruction.
-WireRecord = Assignment | DecisionAudit | TaskRejected | wire_commands.StopAttempt
+WireRecord = Assignment | DecisionAudit | TaskRejected | TaskEnded | wire_commands.StopAttempt
 
 
 # ====================================================================== time
@@ -404,6 +404,22 @@ def preemption_audit_to_wire(
     )
 
 
+def task_ended_to_wire(ins: TaskTransition, *, occurred_at: datetime, source: str) -> TaskEnded:
+    """The ``task.ended`` record of a transition into a terminal state (event id derived
+    from the task and the stimulus, so a replay republishes the same id)."""
+    if not ins.new.terminal:
+        raise ValueError(f"{ins.task_id}: {ins.new.value} is not a terminal state")
+    return TaskEnded(
+        event_id=derived_event_id(f"{ins.stimulus_id}.{ins.task_id}", "ended"),
+        occurred_at=occurred_at,
+        source=source,
+        task_id=ins.task_id,
+        state=ins.new.value,
+        attempt=ins.attempt,
+        reason=_text(ins.reason, f"task {ins.new.value}"),
+    )
+
+
 def wire_records_from_instruction(
     ins: Instruction,
     *,
@@ -424,9 +440,15 @@ def wire_records_from_instruction(
     :class:`~.instructions.Preempt` -> ``(StopAttempt, DecisionAudit)`` (the audit has
     ``kind="preempt"``; just the stop if the instruction has no decision);
     :class:`~.instructions.StopAttempt` -> ``(StopAttempt,)``;
-    :class:`~.instructions.Reject` -> ``(TaskRejected,)``. Errors as
+    :class:`~.instructions.Reject` -> ``(TaskRejected,)``;
+    a :class:`~.instructions.TaskTransition` into a terminal state -> ``(TaskEnded,)``
+    (to ``sched.decisions``, keyed by ``task_id``). Errors as
     :func:`wire_from_instruction`.
     """
+    if isinstance(ins, TaskTransition):
+        if not ins.new.terminal:
+            return ()
+        return (task_ended_to_wire(ins, occurred_at=occurred_at, source=source),)
     if isinstance(ins, Preempt):
         stop = stop_to_wire(ins, occurred_at=occurred_at, source=source)
         audit = preemption_audit_to_wire(ins, occurred_at=occurred_at, source=source)

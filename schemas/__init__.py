@@ -11,7 +11,7 @@ from .codec import (
 )
 from .commands import CancelTask, PolicyUpdate, StopAttempt
 from .data import DataIngested
-from .decisions import Assignment, DecisionAudit, DecisionCandidate
+from .decisions import Assignment, DecisionAudit, DecisionCandidate, TaskEnded
 from .envelope import (
     SCHEMA_VERSION,
     SUPPORTED_SCHEMA_VERSIONS,
@@ -69,6 +69,7 @@ __all__ = [
     "StopAttempt",
     "TaskCancelled",
     "TaskCompleted",
+    "TaskEnded",
     "TaskFailed",
     "TaskLost",
     "TaskPreempted",

@@ -20,7 +20,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from .commands import CancelTask, PolicyUpdate, StopAttempt
 from .data import DataIngested
-from .decisions import Assignment, DecisionAudit
+from .decisions import Assignment, DecisionAudit, TaskEnded
 from .envelope import (
     SUPPORTED_SCHEMA_VERSIONS,
     WIRE_REQUIRED_FIELDS,
@@ -57,6 +57,7 @@ Event: TypeAlias = (
     | TaskLost
     | Assignment
     | DecisionAudit
+    | TaskEnded
     | CancelTask
     | PolicyUpdate
     | StopAttempt

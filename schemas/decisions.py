@@ -151,3 +151,17 @@ class DecisionAudit(EventEnvelope):
                 'preempted_task_id and preempted_attempt need kind="preempt"',
             )
         return attempt
+
+
+class TaskEnded(EventEnvelope):
+    """The scheduler settled a task for good. Published to ``sched.decisions`` (keyed by
+    task id) once per task, whatever ended it: a completion, a cancel, a failure past the
+    retry budget, too many lost attempts, or the failure of a task it depends on (which
+    cancels it before it ever ran). This is the scheduler's verdict; executors' lifecycle
+    events report attempts."""
+
+    type: Literal["task.ended"] = "task.ended"
+    task_id: Identifier
+    state: Literal["succeeded", "failed", "cancelled"]
+    attempt: StrictInt = Field(ge=0, description="The last attempt (0: it never ran).")
+    reason: Text

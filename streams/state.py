@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from ..schemas.codec import Event
 from ..schemas.commands import CancelTask
 from ..schemas.data import DataIngested
-from ..schemas.decisions import DecisionAudit
+from ..schemas.decisions import DecisionAudit, TaskEnded
 from ..schemas.lifecycle import (
     AttemptEvent,
     TaskCancelled,
@@ -141,6 +141,7 @@ TASK_EVENT_TYPES: Final = (
     TaskSubmitted,
     TaskRejected,
     DecisionAudit,
+    TaskEnded,
     CancelTask,
     TaskStarted,
     TaskProgress,
@@ -190,6 +191,8 @@ def _apply(st: TaskStatus, ev: Event) -> TaskStatus:
         return _rejected(st, ev)
     if isinstance(ev, DecisionAudit):
         return _audit(st, ev)
+    if isinstance(ev, TaskEnded):
+        return _ended(st, ev)
     if isinstance(ev, CancelTask):
         return _cancel_command(st, ev)
     if isinstance(ev, AttemptEvent):
@@ -266,6 +269,23 @@ def _new_attempt(st: TaskStatus, attempt: int, node: str, at: datetime) -> TaskS
             "started_at": None,
         }
     )
+
+
+def _ended(st: TaskStatus, ev: TaskEnded) -> TaskStatus:
+    """The scheduler's verdict: final whatever the view inferred before (a dependent
+    cancelled before it ran, a task failed after too many lost attempts, a cancel that
+    raced a completion). A repeat of the same verdict changes nothing."""
+    state = TaskState(ev.state)
+    if st.state == state and st.finished_at is not None:
+        return st
+    update: dict[str, Any] = {"state": state, "finished_at": ev.occurred_at}
+    if state == TaskState.FAILED:
+        update["failure_reason"] = ev.reason
+    elif state == TaskState.CANCELLED:
+        update["cancel_reason"] = ev.reason
+    if ev.attempt >= st.attempt:
+        update["attempt_ended"] = True
+    return st.model_copy(update=update)
 
 
 def _cancel_command(st: TaskStatus, ev: CancelTask) -> TaskStatus:

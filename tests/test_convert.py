@@ -309,6 +309,7 @@ def test_heartbeat_maps_to_node_up_with_capacity() -> None:
 
 NON_STIMULI: list[wire_schemas.Event] = [
     wire_schemas.TaskCancelled(**ATTEMPT, reason="cancelled by user"),
+    wire_schemas.TaskEnded(**WIRE, task_id="t-1", state="failed", attempt=3, reason="x"),
     wire_schemas.DataIngested(
         **WIRE, dataset="imagenet", rows=10, bytes=1000, location="s3://bucket/key"
     ),
@@ -821,3 +822,24 @@ def test_a_hardware_class_known_only_from_heartbeats_is_valid_in_assignments() -
     assert isinstance(wire_out, tuple)
     assignment, audit = wire_out
     assert assignment.hardware == audit.chosen_hardware == "gpu-h100x"
+
+
+def test_a_terminal_transition_becomes_task_ended() -> None:
+    """Every task the core settles is announced on the wire, whatever settled it."""
+    from streamsched.scheduler.instructions import TaskTransition
+    from streamsched.scheduler.model import TaskState
+
+    ended = TaskTransition(
+        "e-fail", "t-2", 0, TaskState.SUBMITTED, TaskState.CANCELLED, "upstream t-1 failed"
+    )
+    records = wire_records_from_instruction(ended, submissions={}, occurred_at=T0, source="p")
+    assert len(records) == 1
+    (record,) = records
+    assert isinstance(record, wire_schemas.TaskEnded)
+    assert (record.task_id, record.state, record.attempt) == ("t-2", "cancelled", 0)
+    assert record.reason == "upstream t-1 failed"
+    assert decode(encode(record), now=T0) == record
+    again = wire_records_from_instruction(ended, submissions={}, occurred_at=T0, source="p")
+    assert again == records  # deterministic event id: a replay republishes the same record
+    queued = TaskTransition("e-sub", "t-3", 0, None, TaskState.QUEUED, "submitted")
+    assert wire_records_from_instruction(queued, submissions={}, occurred_at=T0, source="p") == ()

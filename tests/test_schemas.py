@@ -29,6 +29,7 @@ from streamsched.schemas import (
     StopAttempt,
     TaskCancelled,
     TaskCompleted,
+    TaskEnded,
     TaskFailed,
     TaskLost,
     TaskPreempted,
@@ -155,6 +156,13 @@ EXAMPLES: list[EventEnvelope] = [
         reason="make room for t-9 (high)",
         decision_id="d-00000042",
         for_task_id="t-9",
+    ),
+    TaskEnded(
+        **ENV,
+        task_id="t-4",
+        state="cancelled",
+        attempt=0,
+        reason="upstream task t-3 failed",
     ),
 ]
 

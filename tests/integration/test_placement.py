@@ -32,7 +32,7 @@ from streamsched.cli import app
 from streamsched.scheduler.instructions import Assign, TaskTransition
 from streamsched.scheduler.model import NodeSpec, TaskState
 from streamsched.schemas import codec, topics
-from streamsched.schemas.decisions import DecisionAudit
+from streamsched.schemas.decisions import DecisionAudit, TaskEnded
 from streamsched.schemas.lifecycle import TaskCompleted
 from streamsched.schemas.tasks import TaskSubmitted
 from streamsched.testing import (
@@ -137,6 +137,43 @@ def test_places_and_runs_a_submitted_task_end_to_end(
             task_events.wait_for(lambda _: bool(task_events.events(TaskCompleted, task_id)))
             (done,) = task_events.events(TaskCompleted, task_id)
             assert done.exit_code == 0
+        with reader(config, topics.DECISIONS) as decisions:
+            decisions.wait_for(lambda _: bool(decisions.events(TaskEnded, task_id)))
+            (ended,) = decisions.events(TaskEnded, task_id)
+            assert (ended.state, ended.attempt) == ("succeeded", 1)
+
+
+def test_the_scheduler_announces_every_task_it_settles(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    """An upstream task fails for good; its dependent, which never runs, is cancelled by
+    the scheduler alone. Both verdicts reach sched.decisions as task.ended."""
+    tag = {"test_run": uuid.uuid4().hex[:10]}
+    upstream, dependent, node_id = _uid("up"), _uid("down"), _uid("node")
+    executor = ExecutorAgent(
+        config, _node(node_id, tag), log_dir=tmp_path, heartbeat_interval_s=0.5
+    )
+    broken = _submission(upstream, tag).model_copy(
+        update={"command": ("/nonexistent/streamsched-test-binary",)}
+    )
+    waiting = _submission(dependent, tag).model_copy(update={"depends_on": (upstream,)})
+    with placement(config) as agent, running_in_thread(executor.run):
+        deadline = time.monotonic() + WAIT_S
+        while node_id not in agent.node_hardware:
+            assert time.monotonic() < deadline, "no heartbeat reached the placement agent"
+            time.sleep(0.05)
+        for sub in (broken, waiting):
+            _produce(config, topics.TASKS_SUBMITTED, sub.task_id, codec.encode(sub))
+        with reader(config, topics.DECISIONS) as decisions:
+            ours = (upstream, dependent)
+            decisions.wait_for(
+                lambda _: all(decisions.events(TaskEnded, task_id) for task_id in ours)
+            )
+            ended = {t: decisions.events(TaskEnded, t)[0] for t in ours}
+    assert (ended[upstream].state, ended[upstream].attempt) == ("failed", 1)
+    assert ended[dependent].state == "cancelled"
+    assert ended[dependent].attempt == 0  # it never ran
+    assert upstream in ended[dependent].reason
 
 
 def test_malformed_records_go_to_the_dead_letter_topic_and_never_stall(

@@ -9,7 +9,7 @@ from typing import Any
 from streamsched.schemas.codec import Event
 from streamsched.schemas.commands import CancelTask
 from streamsched.schemas.data import DataIngested
-from streamsched.schemas.decisions import DecisionAudit
+from streamsched.schemas.decisions import DecisionAudit, TaskEnded
 from streamsched.schemas.lifecycle import (
     TaskCancelled,
     TaskCompleted,
@@ -231,3 +231,24 @@ def test_events_without_a_task_leave_the_status_alone() -> None:
     s = fold(submitted())
     ev = DataIngested(**_env(), dataset="clicks", rows=1, bytes=1, location="s3://b/k")
     assert apply(s, ev) is s
+
+
+def test_the_scheduler_s_verdict_settles_what_no_executor_reports() -> None:
+    """A dependent cancelled before it ran, a task failed after too many lost attempts, a
+    cancel that raced a completion: ``task.ended`` is final; a repeat changes nothing."""
+    dependent = fold(submitted(depends_on=("up-1",)))
+    assert dependent.state == TaskState.SUBMITTED
+    verdict = TaskEnded(
+        **_env(), task_id="t1", state="cancelled", attempt=0, reason="upstream up-1 failed"
+    )
+    ended = fold(verdict, start=dependent)
+    assert (ended.state, ended.cancel_reason) == (TaskState.CANCELLED, "upstream up-1 failed")
+    assert ended.finished_at is not None
+    assert fold(verdict, start=ended) == ended
+    lost = fold(submitted(), audit(), att(TaskStarted), att(TaskLost, reason="node gone"))
+    failed = fold(
+        TaskEnded(**_env(), task_id="t1", state="failed", attempt=1, reason="lost 6 attempts"),
+        start=lost,
+    )
+    assert (failed.state, failed.failure_reason) == (TaskState.FAILED, "lost 6 attempts")
+    assert failed.attempt_ended

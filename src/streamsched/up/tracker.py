@@ -18,7 +18,7 @@ import numpy as np
 
 from streamsched.scheduler.simulator import SimReport
 from streamsched.scheduler.trace import TraceJob
-from streamsched.schemas.decisions import DecisionAudit
+from streamsched.schemas.decisions import DecisionAudit, TaskEnded
 from streamsched.schemas.lifecycle import (
     TaskCancelled,
     TaskCompleted,
@@ -150,6 +150,8 @@ class LiveTracker:
             case TaskCancelled():
                 self._close_attempt(record, event.attempt, "cancelled", at)
                 self._end(record, "cancelled", at)
+            case TaskEnded():  # the scheduler's verdict (e.g. a dependent of a failed task)
+                self._end(record, event.state, at)
 
     def _on_audit(self, record: TaskRecord, audit: DecisionAudit) -> None:
         if getattr(audit, "kind", "assign") != "assign" or audit.attempt in record.attempts:
