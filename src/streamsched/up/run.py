@@ -112,11 +112,12 @@ class UpResult:
 
 
 class _RecordingSimulator(Simulator):
-    """The simulator, also remembering each task's first placement."""
+    """The simulator, run at once, remembering each task's first placement and its report."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.placements: dict[str, tuple[str, str]] = {}
+        self.report = self.run()
 
     def _on_assign(self, ins: Assign, now: float) -> None:
         self.placements.setdefault(ins.task_id, (ins.node_id, ins.hardware))
@@ -151,11 +152,9 @@ def load(cfg: UpConfig) -> tuple[Trace, tuple[NodeSpec, ...]]:
 
 
 def simulate(trace: Trace, nodes: Sequence[NodeSpec], policy: str) -> _RecordingSimulator:
-    sim = _RecordingSimulator(
+    return _RecordingSimulator(
         trace, nodes, get_policy(policy), config=SimConfig(), clock=time.perf_counter
     )
-    sim.report = sim.run()  # type: ignore[attr-defined]
-    return sim
 
 
 def run_up(
@@ -175,8 +174,7 @@ def run_up(
         raise ValueError(f"--duration-s must be a positive number, got {cfg.duration_s}")
     trace, nodes = load(cfg)
     sim = simulate(trace, nodes, cfg.policy)
-    sim_report: SimReport = sim.report  # type: ignore[attr-defined]
-    horizon = max(sim_report.makespan_s, max(j.arrival_s for j in trace.jobs), 1.0)
+    horizon = max(sim.report.makespan_s, max(j.arrival_s for j in trace.jobs), 1.0)
     speedup = speedup_for(horizon, cfg.duration_s)
     note(
         f"{trace.name}: {len(trace.jobs)} jobs over {horizon / 86400:.1f} simulated days, "
@@ -257,7 +255,7 @@ def _live(
     same_order = sorted(nodes, key=lambda n: order.get(n.node_id, len(order)))
     if [n.node_id for n in same_order] != [n.node_id for n in nodes]:
         sim = simulate(trace, same_order, cfg.policy)
-    simulated: SimReport = sim.report  # type: ignore[attr-defined]
+    simulated = sim.report
     return UpResult(
         live=live,
         simulated=simulated,
