@@ -84,3 +84,22 @@ def test_speedup_for() -> None:
     assert speedup_for(60.0, 120.0) == 1.0  # never slower than real time
     with pytest.raises(ValueError, match="positive"):
         speedup_for(10.0, 0.0)
+
+
+def test_up_loads_the_first_jobs_from_time_zero_with_an_optional_id_prefix() -> None:
+    from streamsched.up.run import UpConfig, load
+
+    plain, nodes = load(UpConfig(jobs=3))
+    assert [j.spec.task_id for j in plain.jobs] == [
+        "gavel-sample-00001",
+        "gavel-sample-00002",
+        "gavel-sample-00003",
+    ]
+    assert plain.jobs[0].arrival_s == 0.0
+    assert len(nodes) == 8  # the default fleet
+    prefixed, _ = load(UpConfig(jobs=3), "up123-")
+    assert [j.spec.task_id for j in prefixed.jobs] == [
+        "up123-" + j.spec.task_id for j in plain.jobs
+    ]
+    with pytest.raises(ValueError, match="--executors"):
+        load(UpConfig(executors="v100=0"))

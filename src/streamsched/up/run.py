@@ -36,7 +36,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamsched.broker import client_config, ensure_topics, free_port, kafka
 from streamsched.scheduler.instructions import Assign
-from streamsched.scheduler.model import NodeSpec
+from streamsched.scheduler.model import NodeSpec, TaskSpec
 from streamsched.scheduler.policies import get_policy
 from streamsched.scheduler.simulator import SimConfig, SimReport, Simulator
 from streamsched.scheduler.trace import Trace
@@ -124,9 +124,9 @@ class _RecordingSimulator(Simulator):
         super()._on_assign(ins, now)
 
 
-def load(cfg: UpConfig) -> tuple[Trace, tuple[NodeSpec, ...]]:
-    """The replayable trace (first ``cfg.jobs`` jobs by arrival) and the fleet. Raises
-    ValueError naming the bad setting."""
+def load(cfg: UpConfig, id_prefix: str = "") -> tuple[Trace, tuple[NodeSpec, ...]]:
+    """The replayable trace (first ``cfg.jobs`` jobs by arrival, task ids prefixed with
+    ``id_prefix``) and the fleet. Raises ValueError naming the bad setting."""
     try:
         nodes = parse_cluster(cfg.executors, gpus_per_node=8)
     except ValueError as exc:
@@ -144,11 +144,23 @@ def load(cfg: UpConfig) -> tuple[Trace, tuple[NodeSpec, ...]]:
     if not jobs:
         raise ValueError(f"{cfg.trace}: no jobs to replay")
     origin = jobs[0].arrival_s
-    jobs = [replace(j, arrival_s=j.arrival_s - origin) for j in jobs]
+    jobs = [
+        replace(j, arrival_s=j.arrival_s - origin, spec=_prefixed(j.spec, id_prefix)) for j in jobs
+    ]
     now = datetime.now(UTC)
     for job in jobs:
         wire_submission(job, now)  # fails early, naming the job, if one cannot be replayed
     return replace(trace, jobs=tuple(jobs)), nodes
+
+
+def _prefixed(spec: TaskSpec, prefix: str) -> TaskSpec:
+    if not prefix:
+        return spec
+    return replace(
+        spec,
+        task_id=prefix + spec.task_id,
+        depends_on=tuple(prefix + upstream for upstream in spec.depends_on),
+    )
 
 
 def simulate(trace: Trace, nodes: Sequence[NodeSpec], policy: str) -> _RecordingSimulator:
@@ -172,7 +184,15 @@ def run_up(
     get_policy(cfg.policy)  # ValueError naming the known policies
     if not (math.isfinite(cfg.duration_s) and cfg.duration_s > 0):
         raise ValueError(f"--duration-s must be a positive number, got {cfg.duration_s}")
-    trace, nodes = load(cfg)
+    settings = kafka_settings()
+    # On a configured cluster, earlier runs' tasks may still be known: this run's task ids
+    # get a prefix of their own (the same in the simulated baseline, so ties break alike).
+    prefix = (
+        f"up{time.time_ns() // 1_000_000_000 % 1_000_000:06d}-"
+        if settings.bootstrap_servers
+        else ""
+    )
+    trace, nodes = load(cfg, prefix)
     sim = simulate(trace, nodes, cfg.policy)
     horizon = max(sim.report.makespan_s, max(j.arrival_s for j in trace.jobs), 1.0)
     speedup = speedup_for(horizon, cfg.duration_s)
@@ -183,7 +203,6 @@ def run_up(
     )
     run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix="streamsched-up-"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = kafka_settings()
     with kafka(settings) as servers:
         config = client_config(servers, settings)
         note(f"broker: {servers} ({'configured' if settings.bootstrap_servers else 'embedded'})")
