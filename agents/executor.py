@@ -101,7 +101,8 @@ class ExecutorAgent:
     ``replay_speedup`` switches to replay mode: no process is run, each attempt lasts its
     true runtime on this node's hardware (:func:`~streamsched.agents.runner.replay_runtime_s`)
     divided by ``replay_speedup`` wall seconds. ``progress_poll_s`` and
-    ``progress_interval_s`` go to the default runner (see :class:`AttemptRunner`).
+    ``progress_interval_s`` and ``replay_progress_after_s`` go to the default runner (see
+    :class:`AttemptRunner`).
 
     The default runner journals attempts in :func:`journal_path` ``(log_dir, node id)``,
     opened (and locked) here and closed when :meth:`run` returns or by :meth:`close`.
@@ -121,6 +122,7 @@ class ExecutorAgent:
         replay_speedup: float | None = None,
         progress_poll_s: float = 1.0,
         progress_interval_s: float = 5.0,
+        replay_progress_after_s: float | None = None,
     ) -> None:
         if heartbeat_interval_s <= 0:
             raise ValueError(f"heartbeat interval must be positive, got {heartbeat_interval_s}")
@@ -146,6 +148,7 @@ class ExecutorAgent:
                 report=self.report,
                 progress_poll_s=progress_poll_s,
                 progress_interval_s=progress_interval_s,
+                replay_progress_after_s=replay_progress_after_s,
             )
             runner.open_journal(journal_path(log_dir, node.node_id))
         self.runner = runner

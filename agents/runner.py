@@ -267,6 +267,8 @@ class AttemptRunner:
     to exit after SIGTERM before its process group gets SIGKILL. ``progress_poll_s`` is how
     often a progress file is read, ``progress_interval_s`` the least time between two
     progress reports of one attempt (and the replay reporting period).
+    ``replay_progress_after_s`` (trace seconds) makes a replayed attempt also report its
+    progress once when it has run that long, as the simulator's executors do.
     """
 
     def __init__(
@@ -278,7 +280,12 @@ class AttemptRunner:
         grace_s: float = 10.0,
         progress_poll_s: float = 1.0,
         progress_interval_s: float = 5.0,
+        replay_progress_after_s: float | None = None,
     ) -> None:
+        if replay_progress_after_s is not None and not replay_progress_after_s > 0:
+            raise ValueError(
+                f"replay progress time must be positive, got {replay_progress_after_s}"
+            )
         if not progress_poll_s > 0 or not progress_interval_s > 0:
             raise ValueError(
                 "progress poll and report intervals must be positive, got "
@@ -290,6 +297,7 @@ class AttemptRunner:
         self.grace_s = grace_s
         self.progress_poll_s = progress_poll_s
         self.progress_interval_s = progress_interval_s
+        self.replay_progress_after_s = replay_progress_after_s
         self._report = report
         self._clock = clock
         self._lock = threading.Lock()
@@ -528,8 +536,16 @@ class AttemptRunner:
         self._emit_terminal(record.key, self._finish(record, exit_code, elapsed_s))
 
     def _replay(self, record: _Attempt) -> None:
-        """Wait out a replay attempt, reporting progress every ``progress_interval_s``."""
+        """Wait out a replay attempt, reporting progress every ``progress_interval_s`` (and
+        once after ``replay_progress_after_s`` trace seconds, if set)."""
         end = record.started_s + record.replay_wall_s
+        once = self.replay_progress_after_s
+        if once is not None and (at := record.started_s + once / record.speedup) < end:
+            if record.stopped.wait(max(0.0, at - time.monotonic())):
+                self._replay_fraction(record)
+                return
+            self._replay_fraction(record)
+            self._report_progress(record, force=True)
         while (remaining := end - time.monotonic()) > 0:
             if record.stopped.wait(min(remaining, self.progress_interval_s)):
                 break

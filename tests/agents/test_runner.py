@@ -608,6 +608,21 @@ def test_replay_progress_counts_earlier_attempts(
     assert 0.5 < progress_of(reports)[0] <= preempted.progress < 0.95
 
 
+def test_replay_reports_progress_once_after_a_trace_time_like_the_simulator(
+    make_runner: Callable[..., AttemptRunner], reports: Reports
+) -> None:
+    """With replay_progress_after_s=30 (trace s) and no periodic report within the run,
+    a 1-second replay (100 trace s at 100x) reports progress exactly once, about 0.3 in."""
+    runner = make_runner(progress_interval_s=3600.0, replay_progress_after_s=30.0)
+    runner.start(
+        assignment((), occurred_at=datetime.now(UTC)), replay_runtime_s=100.0, speedup=100.0
+    )
+    completed = reports.terminal()
+    assert isinstance(completed, TaskCompleted)
+    (progress,) = progress_of(reports)
+    assert 0.25 <= progress <= 0.6
+
+
 # ---------------------------------------------------------------------- replay runtimes
 def replay_job(
     runtimes: object = None, resume: float = 0.0, overhead: str | None = None

@@ -117,6 +117,14 @@ def executor(
             help="Least seconds between two progress reports of an attempt (replay: period).",
         ),
     ] = 5.0,
+    replay_progress_after_s: Annotated[
+        float | None,
+        typer.Option(
+            "--replay-progress-after-s",
+            help="Replay mode: also report progress once, this many trace seconds into an "
+            "attempt (as the simulator does).",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -146,6 +154,8 @@ def executor(
         fail(f"--progress-poll-s {progress_poll_s}: must be positive")
     if not progress_interval_s > 0:
         fail(f"--progress-interval-s {progress_interval_s}: must be positive")
+    if replay_progress_after_s is not None and not replay_progress_after_s > 0:
+        fail(f"--replay-progress-after-s {replay_progress_after_s}: must be positive")
     node = NodeSpec(node_id, hardware_class, cpu_milli, memory_mib, gpus, _parse_labels(label))
     servers, settings = require_bootstrap("executor")
     with cli_errors():
@@ -157,6 +167,7 @@ def executor(
             replay_speedup=replay_speedup,
             progress_poll_s=progress_poll_s,
             progress_interval_s=progress_interval_s,
+            replay_progress_after_s=replay_progress_after_s,
         )
     if hardware_class not in KNOWN_HARDWARE_CLASSES:
         typer.echo(

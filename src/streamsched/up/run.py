@@ -344,6 +344,9 @@ def _start_children(
                         cpus=f"{node.cpu_milli}m",
                         memory=f"{node.memory_mib}MiB",
                         replay_speedup=repr(clock.speedup),
+                        # Progress as the simulator reports it: once, 600 trace s in.
+                        replay_progress_after_s=repr(SimConfig().progress_report_s),
+                        progress_interval_s="3600",
                         heartbeat_s=repr(cfg.heartbeat_s),
                         log_dir=str(run_dir / "attempts" / node.node_id),
                         metrics_port=metrics_port(node.node_id),
