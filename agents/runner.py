@@ -62,7 +62,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 from urllib.parse import quote
@@ -517,8 +517,13 @@ class AttemptRunner:
     # ------------------------------------------------------------------ running
 
     def _run_attempt(self, record: _Attempt) -> None:
-        """The attempt's thread: report started, wait for the end, report the outcome."""
-        self._emit(self._event(TaskStarted, record.key))
+        """The attempt's thread: report started, wait for the end, report the outcome. A
+        replay attempt reports the start its clock runs from (see _delivery_delay_s)."""
+        started = self._event(TaskStarted, record.key)
+        if record.process is None:
+            lead = timedelta(seconds=max(0.0, time.monotonic() - record.started_s))
+            started = started.model_copy(update={"occurred_at": started.occurred_at - lead})
+        self._emit(started)
         if record.process is None:
             self._replay(record)
             exit_code = 0
