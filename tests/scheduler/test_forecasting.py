@@ -18,6 +18,7 @@ from streamsched.scheduler.forecasting import (
     RunningMeanForecaster,
     RuntimeForecaster,
 )
+from streamsched.scheduler.learned import RiverRuntimeForecaster
 from streamsched.scheduler.model import TaskSpec
 from streamsched.testing import task
 
@@ -34,6 +35,15 @@ class Case:
     learns: bool
 
 
+RIVER_HYPER = (
+    "alpha",
+    "beta",
+    "quantile",
+    "min_spread_samples",
+    "default_runtime_s",
+    "interactions",
+)
+
 CASES = [
     Case("running-mean", RunningMeanForecaster, ("default_runtime_s",), True),
     Case("running-mean-42", lambda: RunningMeanForecaster(42.0), ("default_runtime_s",), True),
@@ -42,6 +52,15 @@ CASES = [
     Case("declared", DeclaredForecaster, ("default_runtime_s",), False),
     Case("declared-99", lambda: DeclaredForecaster(99.0), ("default_runtime_s",), False),
     Case("oracle", lambda: OracleForecaster(TRUTH), ("_truth",), False),
+    Case("river-linear", RiverRuntimeForecaster, RIVER_HYPER, True),
+    Case(
+        "river-linear-tuned",
+        lambda: RiverRuntimeForecaster(
+            alpha=1.0, beta=2.0, quantile=0.2, default_runtime_s=42.0, interactions=True
+        ),
+        RIVER_HYPER,
+        True,
+    ),
 ]
 
 

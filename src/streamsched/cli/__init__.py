@@ -14,7 +14,16 @@ import typer
 
 from streamsched import __version__
 
-from . import bench, executor_cmd, live, processor_cmd, schemas_cmd, tasks_cmd, up_cmd
+from . import (
+    bench,
+    executor_cmd,
+    forecast_cmd,
+    live,
+    processor_cmd,
+    schemas_cmd,
+    tasks_cmd,
+    up_cmd,
+)
 from ._common import stdout_console
 from .simulate import SimulateArgs, run_simulate, simulate
 
@@ -42,6 +51,7 @@ app.command("broker")(live.broker)
 app.command("simulate")(simulate)
 app.add_typer(schemas_cmd.app, name="schemas")
 app.add_typer(bench.app, name="bench")
+app.add_typer(forecast_cmd.forecast_app, name="forecast-eval")
 
 #: What ``streamsched demo`` (and ``make demo``) runs.
 DEMO = SimulateArgs(trace="gavel:sample", cluster="v100=4,p100=4,k80=4", policy="all")
