@@ -18,6 +18,7 @@ from . import (
     bench,
     executor_cmd,
     forecast_cmd,
+    forecast_load_cmd,
     live,
     processor_cmd,
     schemas_cmd,
@@ -51,6 +52,7 @@ app.command("broker")(live.broker)
 app.command("simulate")(simulate)
 app.add_typer(schemas_cmd.app, name="schemas")
 app.add_typer(bench.app, name="bench")
+forecast_cmd.forecast_app.command("load")(forecast_load_cmd.load)
 app.add_typer(forecast_cmd.forecast_app, name="forecast-eval")
 
 #: What ``streamsched demo`` (and ``make demo``) runs.
