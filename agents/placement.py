@@ -68,7 +68,6 @@ from streamsched.scheduler.convert import (
     wire_records_from_instruction,
 )
 from streamsched.scheduler.core import CoreConfig, SchedulerCore
-from streamsched.scheduler.forecasting import RunningMeanForecaster
 from streamsched.scheduler.instructions import (
     Assign,
     DeadlineInfeasible,
@@ -84,6 +83,7 @@ from streamsched.scheduler.instructions import (
 from streamsched.scheduler.instructions import StopAttempt as CoreStopAttempt
 from streamsched.scheduler.model import TaskState
 from streamsched.scheduler.policies import get_policy
+from streamsched.scheduler.simulator import forecaster_for
 from streamsched.schemas import codec
 from streamsched.schemas.commands import StopAttempt
 from streamsched.schemas.decisions import Assignment, DecisionAudit, TaskEnded
@@ -332,7 +332,7 @@ class PlacementAgent:
         self.source = f"placement:{decision_prefix}"
         self.core = SchedulerCore(
             get_policy(policy),
-            RunningMeanForecaster(),
+            forecaster_for(get_policy(policy)),
             CoreConfig(
                 decision_prefix=decision_prefix,
                 heartbeat_timeout_s=heartbeat_timeout_s,

@@ -1,21 +1,23 @@
 """Policies: a queue order, a list of scorers and a few mechanism switches, by name.
 
-=============== ===================================================================
-``fifo``        strict first-in first-out: the head blocks the queue; first fitting node
-``random``      FIFO order, skip what does not fit, a random fitting node (seeded)
-``round-robin`` FIFO order, skip what does not fit, the next fitting node in turn
-``least-loaded`` FIFO order, skip, the node with most free capacity left (spread)
-``best-fit``    FIFO order, skip, the node with least free capacity left (Kubernetes'
-                MostAllocated packing)
-``dask-like``   FIFO order, skip, the node with least predicted work per slot, runtimes
-                from Dask's per-type ``0.5*new + 0.5*old`` average
-``forecast``    ours: aged shortest-predicted-first with priority classes, deadline slack,
-                tenant fair share (DRF), heterogeneity-aware placement by predicted
-                completion (waits for faster hardware when it pays), EASY backfilling
-                with reservations for blocked jobs, FGD packing for GPU shares, and
-                checkpoint-restart preemption
-``oracle``      ``forecast`` with the true runtimes (simulation only): the limit
-=============== ===================================================================
+================== ===================================================================
+``fifo``           strict first-in first-out: the head blocks the queue; first fitting node
+``random``         FIFO order, skip what does not fit, a random fitting node (seeded)
+``round-robin``    FIFO order, skip what does not fit, the next fitting node in turn
+``least-loaded``   FIFO order, skip, the node with most free capacity left (spread)
+``best-fit``       FIFO order, skip, the node with least free capacity left (Kubernetes'
+                   MostAllocated packing)
+``dask-like``      FIFO order, skip, the node with least predicted work per slot, runtimes
+                   from Dask's per-type ``0.5*new + 0.5*old`` average
+``forecast``       ours: aged shortest-predicted-first with priority classes, deadline slack,
+                   tenant fair share (DRF), heterogeneity-aware placement by predicted
+                   completion (waits for faster hardware when it pays), EASY backfilling
+                   with reservations for blocked jobs, FGD packing for GPU shares, and
+                   checkpoint-restart preemption
+``forecast-river`` ``forecast`` with the learned forecaster ``river-linear``
+                   (:mod:`.learned`: River's Bayesian linear regression on log runtime)
+``oracle``         ``forecast`` with the true runtimes (simulation only): the limit
+================== ===================================================================
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class Policy:
     fair_share: bool = False
     deadline_aware: bool = False
     #: Which built-in forecaster the policy uses by default.
-    forecaster: Literal["running-mean", "dask-like", "oracle"] = "running-mean"
+    forecaster: Literal["running-mean", "dask-like", "oracle", "river-linear"] = "running-mean"
     params: PolicyParams = field(default_factory=PolicyParams)
 
 
@@ -134,6 +136,7 @@ _REGISTRY: dict[str, Policy] = {
     "best-fit": _baseline("best-fit", MostAllocated()),
     "dask-like": _baseline("dask-like", LeastOccupancy(), forecaster="dask-like"),
     "forecast": _forecast(),
+    "forecast-river": _forecast("forecast-river", forecaster="river-linear"),
     "oracle": _forecast("oracle", forecaster="oracle"),
 }
 

@@ -104,11 +104,30 @@ class SimReport:
 
 
 def make_forecaster(policy: Policy, trace: Trace) -> RuntimeForecaster:
-    """The forecaster a policy runs with in simulation."""
+    """The forecaster a policy runs with in simulation (the oracle reads ``trace``)."""
     if policy.forecaster == "oracle":
         return OracleForecaster({j.spec.task_id: j.true_runtime_s for j in trace.jobs})
+    return forecaster_for(policy)
+
+
+def forecaster_for(policy: Policy) -> RuntimeForecaster:
+    """A fresh, unfitted forecaster of the kind ``policy`` names, built without any
+    knowledge of the workload (so the live placement agent can call it too).
+
+    Raises ``ValueError`` for ``"oracle"``, which needs the true runtimes of a trace
+    (use :func:`make_forecaster`). ``river-linear`` imports River lazily, so the other
+    policies never pay its import time."""
+    if policy.forecaster == "oracle":
+        raise ValueError(
+            f"policy {policy.name!r}: the oracle forecaster needs a trace's true runtimes; "
+            "use make_forecaster(policy, trace) in simulation"
+        )
     if policy.forecaster == "dask-like":
         return DaskLikeForecaster()
+    if policy.forecaster == "river-linear":
+        from .learned import RiverRuntimeForecaster
+
+        return RiverRuntimeForecaster()
     return RunningMeanForecaster()
 
 

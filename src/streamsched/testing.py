@@ -45,9 +45,7 @@ from streamsched.scheduler.events import (
     Tick,
 )
 from streamsched.scheduler.forecasting import (
-    DaskLikeForecaster,
     OracleForecaster,
-    RunningMeanForecaster,
     RuntimeForecaster,
 )
 from streamsched.scheduler.instructions import (
@@ -59,6 +57,7 @@ from streamsched.scheduler.instructions import (
 )
 from streamsched.scheduler.model import GPU_MILLI, NodeSpec, PriorityClass, TaskSpec
 from streamsched.scheduler.policies import get_policy
+from streamsched.scheduler.simulator import forecaster_for
 
 __all__ = [
     "assigns",
@@ -250,17 +249,13 @@ def new_core(
     :class:`~streamsched.scheduler.policies.PolicyParams` (e.g. ``{"sjf_weight": 2.0}``).
 
     Without ``forecaster`` it gets the policy's own kind, fresh: running mean, Dask-like,
-    or an oracle that knows nothing (pass an :class:`OracleForecaster` with the truth).
+    the learned model, or an oracle that knows nothing (pass an
+    :class:`OracleForecaster` with the truth).
     ``nodes`` are registered at time 0.
     """
     pol = get_policy(policy, **(params or {}))
     if forecaster is None:
-        if pol.forecaster == "dask-like":
-            forecaster = DaskLikeForecaster()
-        elif pol.forecaster == "oracle":
-            forecaster = OracleForecaster({})
-        else:
-            forecaster = RunningMeanForecaster()
+        forecaster = OracleForecaster({}) if pol.forecaster == "oracle" else forecaster_for(pol)
     config = CoreConfig(
         reject_unplaceable=reject_unplaceable,
         seed=seed,

@@ -43,7 +43,7 @@ from streamsched.testing import (
 )
 
 GREEDY = ("random", "round-robin", "least-loaded", "best-fit", "dask-like")
-FORECAST_FAMILY = ("forecast", "oracle")
+FORECAST_FAMILY = ("forecast", "forecast-river", "oracle")
 
 
 def placed(out: list[Instruction]) -> dict[str, str]:
@@ -84,6 +84,7 @@ HEAD_OF_LINE = {
     # EASY backfill: "small" (600 s predicted by default) would end after the head's
     # reservation (when "r" is predicted to end) and the head needs every GPU.
     "forecast": set(),
+    "forecast-river": set(),
     "oracle": set(),
 }
 
@@ -568,3 +569,22 @@ def test_assignments_carry_an_explainable_decision() -> None:
     assert d.chosen_node_id == a.node_id
     assert {c.hardware for c in d.candidates} == {"gpu-v100", "gpu-k80"}
     assert d.reason
+
+
+# ---------------------------------------------------------------------- learned forecaster
+def test_forecast_river_decisions_name_the_learned_model() -> None:
+    from streamsched.scheduler.simulator import forecaster_for
+
+    policy = get_policy("forecast-river")
+    assert policy.forecaster == "river-linear"
+    core = new_core("forecast-river", forecaster_for(policy), nodes=gpu_cluster(v100=1))
+    out = drive(core, submitted(task("a", gpus=1)), 1.0)
+    (first,) = assigns(out)
+    assert first.decision.policy == "forecast-river"
+    assert first.decision.model_version == "river-linear@0"
+    out = run_and_finish(core, out, 2.0, runtime_s=50.0)
+    out = drive(core, submitted(task("b", gpus=1)), 60.0)
+    (second,) = assigns(out)
+    assert second.decision.model_version == "river-linear@1"
+    # The learned runtime of the type (not the 600 s default) is what the policy predicts.
+    assert second.decision.predicted_runtime_s == pytest.approx(50.0)

@@ -220,3 +220,38 @@ def test_oracle_beats_fifo_on_real_gavel_trace(shared_traces: Path, stem: str) -
     fifo = Simulator(trace, nodes, get_policy("fifo")).run()
     oracle = Simulator(trace, nodes, get_policy("oracle")).run()
     assert oracle.avg_jct_s <= fifo.avg_jct_s
+
+
+# ---------------------------------------------------------------------- learned forecaster
+def test_forecast_river_runs_the_learned_forecaster_deterministically() -> None:
+    from streamsched.scheduler.learned import RiverRuntimeForecaster
+
+    jobs = month_of_jobs(seed=7, count=120)
+    nodes = gpu_cluster(v100=1, k80=1)
+
+    def run() -> tuple[dict[str, object], str]:
+        sim = Simulator(Trace("hand", tuple(jobs)), nodes, get_policy("forecast-river"))
+        data = sim.run().to_dict(series=True)
+        data.pop("wall_s")
+        assert isinstance(sim.core.forecaster, RiverRuntimeForecaster)
+        return data, sim.core.forecaster.version
+
+    first, version = run()
+    assert first["policy"] == "forecast-river"
+    assert first["jobs"] == 120
+    assert first["unfinished"] == 0
+    # It learned at least once from every completed job.
+    learned = int(version.removeprefix("river-linear@"))
+    assert learned >= 120
+    assert run() == (first, version)
+
+
+def test_forecaster_for_builds_the_policy_kind_without_a_trace() -> None:
+    from streamsched.scheduler.forecasting import DaskLikeForecaster, RunningMeanForecaster
+    from streamsched.scheduler.simulator import forecaster_for
+
+    assert forecaster_for(get_policy("forecast-river")).name == "river-linear"
+    assert isinstance(forecaster_for(get_policy("forecast")), RunningMeanForecaster)
+    assert isinstance(forecaster_for(get_policy("dask-like")), DaskLikeForecaster)
+    with pytest.raises(ValueError, match="'oracle': the oracle forecaster needs a trace"):
+        forecaster_for(get_policy("oracle"))
