@@ -93,7 +93,7 @@ from streamsched.schemas.nodes import NodeHeartbeat
 from streamsched.schemas.tasks import TaskRejected, TaskSubmitted
 from streamsched.schemas.topics import (
     COMMANDS,
-    CORE_TOPICS,
+    CORE_TOPIC_PARTITIONS,
     DEAD_LETTER,
     DECISIONS,
     NODE_HEARTBEATS,
@@ -107,8 +107,6 @@ logger = logging.getLogger(__name__)
 GROUP_ID = "streamsched-placement"
 #: Topics the agent reads, every partition.
 INPUT_TOPICS: tuple[str, ...] = (TASKS_SUBMITTED, NODE_HEARTBEATS, TASK_EVENTS, COMMANDS)
-#: Partitions of the core topics when the agent creates them (the dead letter topic: 1).
-CORE_TOPIC_PARTITIONS = 4
 #: Most records per batch (one core call, one flush, one commit).
 BATCH_SIZE = 500
 #: Longest the loop blocks waiting for a first record (then checks ``stop`` and ticks).
@@ -363,7 +361,7 @@ class PlacementAgent:
         """
         ensure_topics(
             self.config,
-            {t: (1 if t == DEAD_LETTER else CORE_TOPIC_PARTITIONS) for t in CORE_TOPICS},
+            CORE_TOPIC_PARTITIONS,
         )
         meta = AdminClient(self.config).list_topics(timeout=15).topics
         producer = Producer({**PRODUCER_TUNING, **self.config, "acks": "all"})

@@ -1,8 +1,7 @@
 """Kafka topic names: part of the wire contract, like the event schemas.
 
-Producers in any language write to these topics; see docs/topics.md once the live
-pipeline is complete. Assignments go to one topic per hardware class, so an executor reads
-only the work for its own hardware.
+Producers in any language write to these topics; see docs/topics.md. Assignments go to
+one topic per hardware class, so an executor reads only the work for its own hardware.
 """
 
 from __future__ import annotations
@@ -28,9 +27,14 @@ CORE_TOPICS: tuple[str, ...] = (
     DEAD_LETTER,
 )
 
+#: Partitions of the core topics when streamsched creates them (the dead-letter topic has
+#: one: it is an ordered record of bad input, not a work queue).
+CORE_TOPIC_PARTITIONS: dict[str, int] = {t: 1 if t == DEAD_LETTER else 4 for t in CORE_TOPICS}
+
 __all__ = [
     "COMMANDS",
     "CORE_TOPICS",
+    "CORE_TOPIC_PARTITIONS",
     "DATA_INGESTED",
     "DEAD_LETTER",
     "DECISIONS",

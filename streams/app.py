@@ -55,8 +55,6 @@ DEFAULT_WEB_PORT: Final = 6066
 COMPONENT: Final = "processor"
 #: Topics folded into the ``tasks`` table.
 TASK_TOPICS: Final = (topics.TASKS_SUBMITTED, topics.DECISIONS, topics.TASK_EVENTS, topics.COMMANDS)
-#: Partitions of the core topics when the processor has to create them (as placement does).
-CORE_TOPIC_PARTITIONS: Final = 4
 #: How often the trigger timer checks for held-back fires that became due.
 TICK_INTERVAL_S: Final = 1.0
 #: How often the consumer-lag gauge is refreshed, seconds.
@@ -281,7 +279,7 @@ def prepare_topics(cfg: ProcessorConfig) -> dict[str, int]:
     table, checked for co-partitioning."""
     ensure_topics(
         cfg.kafka_config,
-        {t: (1 if t == topics.DEAD_LETTER else CORE_TOPIC_PARTITIONS) for t in topics.CORE_TOPICS},
+        topics.CORE_TOPIC_PARTITIONS,
     )
     data_n = topic_partitions(cfg.kafka_config, (topics.DATA_INGESTED,))[topics.DATA_INGESTED]
     ensure_topics(cfg.kafka_config, {cfg.ticks_topic: data_n})

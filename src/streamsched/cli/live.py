@@ -76,16 +76,12 @@ def broker(
 
     def run(stop: threading.Event) -> None:
         with embedded:
-            ensure_topics(client_config(embedded.bootstrap_servers), _core_topics())
+            ensure_topics(client_config(embedded.bootstrap_servers), topics.CORE_TOPIC_PARTITIONS)
             typer.echo(f"KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
             typer.echo("broker running in memory on loopback; Ctrl-C stops it", err=True)
             stop.wait()
 
     run_until_signalled(run, "embedded broker")
-
-
-def _core_topics() -> dict[str, int]:
-    return {name: 1 if name == topics.DEAD_LETTER else 4 for name in topics.CORE_TOPICS}
 
 
 def placement(

@@ -54,8 +54,6 @@ logger = logging.getLogger(__name__)
 
 #: The default fleet: 2 nodes of 4 GPUs per GPU class, and 2 CPU nodes.
 DEFAULT_EXECUTORS = "v100=2x4,p100=2x4,k80=2x4,cpu=2"
-#: Partitions of the core topics when ``up`` creates them.
-CORE_PARTITIONS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +204,8 @@ def run_up(
     with kafka(settings) as servers:
         config = client_config(servers, settings)
         note(f"broker: {servers} ({'configured' if settings.bootstrap_servers else 'embedded'})")
-        ensure_topics(config, _core_topics())
+        ensure_topics(config, topics.CORE_TOPIC_PARTITIONS)
         return _live(cfg, trace, nodes, sim, speedup, run_dir, config, servers, show, note, stop)
-
-
-def _core_topics() -> dict[str, int]:
-    return {t: 1 if t == topics.DEAD_LETTER else CORE_PARTITIONS for t in topics.CORE_TOPICS}
 
 
 def _live(
