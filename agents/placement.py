@@ -84,6 +84,7 @@ from streamsched.scheduler.instructions import StopAttempt as CoreStopAttempt
 from streamsched.scheduler.model import TaskState
 from streamsched.scheduler.policies import get_policy
 from streamsched.scheduler.simulator import forecaster_for
+from streamsched.scheduler.trace import ReplayClock
 from streamsched.schemas import codec
 from streamsched.schemas.commands import StopAttempt
 from streamsched.schemas.decisions import Assignment, DecisionAudit, TaskEnded
@@ -231,16 +232,13 @@ def replay_clock(
     seconds since the replay began), and the same mapping for wire times (heartbeat
     ``occurred_at``, deadlines). ValueError unless ``speedup`` is a finite number > 0 and
     ``start_epoch_s`` is finite."""
-    if not (math.isfinite(speedup) and speedup > 0):
-        raise ValueError(f"replay speedup must be a finite number > 0, got {speedup}")
-    if not math.isfinite(start_epoch_s):
-        raise ValueError(f"replay start must be finite epoch seconds, got {start_epoch_s}")
+    replay = ReplayClock(start_epoch_s, speedup)
 
     def clock() -> float:
-        return (time.time() - start_epoch_s) * speedup
+        return replay.trace(time.time())
 
     def core_time(moment: datetime) -> float:
-        return (core_time_from_datetime(moment) - start_epoch_s) * speedup
+        return replay.trace(core_time_from_datetime(moment))
 
     return clock, core_time
 
@@ -321,7 +319,7 @@ class PlacementAgent:
         self._now = -math.inf
         self._lateness = replay_lateness_s * replay_speedup
         self._held = HeldEvents()
-        self._replay = (replay_start or 0.0, replay_speedup)
+        self._replay = ReplayClock(replay_start or 0.0, replay_speedup)
         self.config = dict(config)
         self.tick_s = tick_s
         self.clock = clock
@@ -502,8 +500,7 @@ class PlacementAgent:
         for at, group in groups:
             self._now = max(self._now, at)
             out = self._handle_core(group, now=self._now)
-            start, speedup = self._replay
-            stamp = datetime.fromtimestamp(start + self._now / speedup, tz=UTC)
+            stamp = datetime.fromtimestamp(self._replay.wall(self._now), tz=UTC)
             self._emit(out, occurred_at=stamp, flush=False)
         self._flush()
         self._commit_released(consumer)

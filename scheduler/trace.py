@@ -3,6 +3,7 @@ in :mod:`streamsched.traces`, and produce these."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -42,3 +43,24 @@ class Trace:
     nodes: tuple[NodeSpec, ...] = ()
     skipped: tuple[SkippedJob, ...] = ()
     notes: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayClock:
+    """A trace replayed on a compressed clock: trace second ``t`` happens at wall (epoch)
+    time ``start + t / speedup``. Pure arithmetic; the caller reads the wall clock."""
+
+    start: float
+    speedup: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.speedup) and self.speedup > 0):
+            raise ValueError(f"replay speedup must be a positive finite number, got {self.speedup}")
+        if not math.isfinite(self.start):
+            raise ValueError(f"replay start must be finite epoch seconds, got {self.start}")
+
+    def wall(self, trace_s: float) -> float:
+        return self.start + trace_s / self.speedup
+
+    def trace(self, wall_s: float) -> float:
+        return (wall_s - self.start) * self.speedup

@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 
 from streamsched.scheduler.convert import task_spec_from_event
 from streamsched.scheduler.simulator import SimConfig
-from streamsched.scheduler.trace import Trace, TraceJob
+from streamsched.scheduler.trace import ReplayClock, Trace, TraceJob
 from streamsched.schemas.tasks import DeclaredWork, Priority, TaskResources, TaskSubmitted
 
 #: The environment variable carrying a replayed job's true runtimes (JSON object
@@ -30,24 +30,6 @@ from streamsched.schemas.tasks import DeclaredWork, Priority, TaskResources, Tas
 REPLAY_RUNTIMES_ENV = "STREAMSCHED_REPLAY_RUNTIMES"
 #: Trace seconds a resumed attempt spends restoring its checkpoint (as in the simulator).
 REPLAY_RESTART_OVERHEAD_ENV = "STREAMSCHED_REPLAY_RESTART_OVERHEAD_S"
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayClock:
-    """Maps trace seconds to wall seconds and back: ``wall = start + trace / speedup``."""
-
-    start: float
-    speedup: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.speedup) and self.speedup > 0):
-            raise ValueError(f"replay speedup must be a positive number, got {self.speedup}")
-
-    def wall(self, trace_s: float) -> float:
-        return self.start + trace_s / self.speedup
-
-    def trace(self, wall_s: float) -> float:
-        return (wall_s - self.start) * self.speedup
 
 
 def wire_submission(
