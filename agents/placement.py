@@ -302,8 +302,8 @@ class PlacementAgent:
     ) -> None:
         if not tick_s > 0:
             raise ValueError(f"tick must be positive, got {tick_s}")
-        if not (math.isfinite(replay_speedup) and replay_speedup > 0):
-            raise ValueError(f"replay speedup must be a finite number > 0, got {replay_speedup}")
+        #: The replay's wall <-> core mapping (validates the speed-up, replay or not).
+        self._replay = ReplayClock(replay_start or 0.0, replay_speedup)
         #: Wire time (an aware datetime) -> core time.
         self.core_time: Callable[[datetime], float] = core_time_from_datetime
         reconcile_grace_s = RECONCILE_GRACE_S
@@ -315,11 +315,10 @@ class PlacementAgent:
                 heartbeat_timeout_s *= replay_speedup
             reconcile_grace_s *= replay_speedup
         #: Event-time mode: the latest core time applied; events held until the watermark
-        #: (replay clock - lateness) passes them; the replay's wall <-> core mapping.
+        #: (replay clock - lateness) passes them.
         self._now = -math.inf
         self._lateness = replay_lateness_s * replay_speedup
         self._held = HeldEvents()
-        self._replay = ReplayClock(replay_start or 0.0, replay_speedup)
         self.config = dict(config)
         self.tick_s = tick_s
         self.clock = clock
