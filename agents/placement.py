@@ -106,6 +106,10 @@ logger = logging.getLogger(__name__)
 
 #: Consumer group under which the agent commits its input offsets.
 GROUP_ID = "streamsched-placement"
+#: How long a submission waits for an upstream task it names but the agent has not seen:
+#: submissions are keyed by task id, so a dependent can overtake its upstream when they
+#: land on different partitions.
+UNKNOWN_UPSTREAM_GRACE_S = 60.0
 #: Topics the agent reads, every partition.
 INPUT_TOPICS: tuple[str, ...] = (TASKS_SUBMITTED, NODE_HEARTBEATS, TASK_EVENTS, COMMANDS)
 #: Most records per batch (one core call, one flush, one commit).
@@ -332,6 +336,7 @@ class PlacementAgent:
                 decision_prefix=decision_prefix,
                 heartbeat_timeout_s=heartbeat_timeout_s,
                 reconcile_grace_s=reconcile_grace_s,
+                unknown_upstream_grace_s=UNKNOWN_UPSTREAM_GRACE_S,
             ),
         )
         #: Wire submissions by task id, while the core may still need them (see above).

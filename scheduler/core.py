@@ -84,6 +84,12 @@ class CoreConfig:
     #: ``StopAttempt`` (asked again only if the node still lists it more than this long
     #: after the last request). None disables reconciliation.
     reconcile_grace_s: float | None = 30.0
+    #: A submission may name upstream tasks the core has not seen yet: on a partitioned
+    #: topic, a dependent can overtake its upstream. It is accepted and waits this long
+    #: for each unknown upstream, and is cancelled with the reason if one never arrives
+    #: (or is refused). None: reject it at once (the simulator, whose arrivals are in
+    #: order).
+    unknown_upstream_grace_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_lost_attempts is not None and self.max_lost_attempts < 0:
@@ -91,6 +97,9 @@ class CoreConfig:
         grace = self.reconcile_grace_s
         if grace is not None and not (math.isfinite(grace) and grace >= 0):
             raise ValueError(f"reconcile_grace_s must be a finite number >= 0, got {grace}")
+        wait = self.unknown_upstream_grace_s
+        if wait is not None and not (math.isfinite(wait) and wait >= 0):
+            raise ValueError(f"unknown_upstream_grace_s must be a finite number >= 0, got {wait}")
 
 
 @dataclass(slots=True)
@@ -187,6 +196,8 @@ class SchedulerCore:
         self._out: list[Instruction] = []
         self._stimulus = ""
         self._next_expiry_check = -math.inf
+        #: Upstream task ids not submitted yet -> (first named at, dependents waiting).
+        self.unknown_upstreams: dict[str, tuple[float, list[str]]] = {}
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             NodeUp: self._on_node_up,
             NodeLost: self._on_node_lost,
@@ -215,6 +226,8 @@ class SchedulerCore:
         self._stimulus = stimulus_id
         if self.config.heartbeat_timeout_s is not None:
             self._expire_silent_nodes(now)
+        if self.unknown_upstreams:
+            self._expire_unknown_upstreams(now)
         if self.stale_types:
             self._rekey_stale(self.policy.params.rekey_budget)
         if len(self.queue):
@@ -580,25 +593,83 @@ class SchedulerCore:
         reason = self._rejection(spec)
         if reason:
             self.emit(Reject(ev.stimulus_id, spec.task_id, reason))
+            self._settle_awaited(spec.task_id, f"upstream {spec.task_id} was refused", now)
             return
         rec = self.tasks[spec.task_id] = TaskRecord(spec=spec, submitted_at=now)
         self.workload.observe(spec)
         self.transition(rec, S.SUBMITTED, "accepted", now)
         for dep in spec.depends_on:
-            up = self.tasks[dep]
+            up = self.tasks.get(dep)
+            if up is None:  # overtaken by its dependent: wait for it (see CoreConfig)
+                rec.waiting_on.add(dep)
+                self.unknown_upstreams.setdefault(dep, (now, []))[1].append(spec.task_id)
+                continue
             if up.state in (S.FAILED, S.CANCELLED):
                 self.transition(rec, S.CANCELLED, f"upstream {dep} {up.state}", now)
+                self._settle_awaited(spec.task_id, f"upstream {spec.task_id} {rec.state}", now)
                 return
             if up.state is not S.SUCCEEDED:
                 rec.waiting_on.add(dep)
                 up.dependents.append(spec.task_id)
-        if not rec.waiting_on:
+        self._adopt_awaiting(rec, now)
+        if rec.state is S.SUBMITTED and not rec.waiting_on:
             self.enqueue(rec, "ready", now)
 
+    def _adopt_awaiting(self, rec: TaskRecord, now: float) -> None:
+        """Link the dependents that arrived before ``rec`` (their upstream). A dependent
+        that ``rec`` itself waits on, directly or not, closes a cycle: it is cancelled."""
+        entry = self.unknown_upstreams.pop(rec.spec.task_id, None)
+        if entry is None:
+            return
+        upstream_closure = self._upstream_closure(rec)
+        for tid in entry[1]:
+            child = self.tasks[tid]
+            if child.state is None or child.state.terminal:
+                continue
+            if tid in upstream_closure:
+                self._cancel(child, f"dependency cycle through {rec.spec.task_id}", now)
+                self._cancel_dependents(child, now)
+                continue
+            rec.dependents.append(tid)
+
+    def _upstream_closure(self, rec: TaskRecord) -> set[str]:
+        """Every task ``rec`` waits on, directly or through other waiting tasks."""
+        seen: set[str] = set()
+        todo = list(rec.waiting_on)
+        while todo:
+            tid = todo.pop()
+            if tid in seen:
+                continue
+            seen.add(tid)
+            up = self.tasks.get(tid)
+            if up is not None:
+                todo.extend(up.waiting_on)
+        return seen
+
+    def _settle_awaited(self, task_id: str, reason: str, now: float) -> None:
+        """Cancel the dependents waiting for ``task_id`` to be submitted (it was refused,
+        ended at once or never came)."""
+        entry = self.unknown_upstreams.pop(task_id, None)
+        for tid in entry[1] if entry else ():
+            child = self.tasks[tid]
+            if child.state is not None and not child.state.terminal:
+                self._cancel(child, reason, now)
+                self._cancel_dependents(child, now)
+
+    def _expire_unknown_upstreams(self, now: float) -> None:
+        grace = self.config.unknown_upstream_grace_s
+        assert grace is not None
+        late = sorted(t for t, (since, _) in self.unknown_upstreams.items() if now - since > grace)
+        for task_id in late:
+            self._settle_awaited(
+                task_id, f"upstream {task_id} was never submitted (waited {grace:g} s)", now
+            )
+
     def _rejection(self, spec: TaskSpec) -> str:
-        for dep in spec.depends_on:
-            if dep not in self.tasks:
-                return f"depends_on: unknown task {dep!r} (submit upstream tasks first)"
+        if self.config.unknown_upstream_grace_s is None:
+            for dep in spec.depends_on:
+                if dep not in self.tasks:
+                    return f"depends_on: unknown task {dep!r} (submit upstream tasks first)"
         if spec.gpus > self.config.max_gpus_per_node:
             return (
                 f"needs {spec.gpus} GPUs; a task runs on one node and nodes have at most "

@@ -19,6 +19,7 @@ from streamsched.scheduler.instructions import (
     PolicyRejected,
     PolicyUpdated,
     Preempt,
+    Reject,
     StaleEvent,
     StopAttempt,
 )
@@ -536,3 +537,62 @@ def test_preemption_carries_a_decision_explaining_it() -> None:
         "2 x the newcomer's 100s"
     )
     assert core.tasks["batch"].stop_requested_at == 10.0
+
+
+# ------------------------------------------------- dependents that overtake their upstream
+def test_a_dependent_that_overtakes_its_upstream_waits_for_it() -> None:
+    """Submissions are keyed by task id: a dependent can arrive before its upstream."""
+    core = core_with(nodes=[N0], unknown_upstream_grace_s=60.0)
+    out = drive(core, submitted(task("child", depends_on=["parent"])), 1.0)
+    assert of_type(out, Reject) == []
+    assert core.state_of("child") is S.SUBMITTED
+    place(core, "parent", 2.0)
+    assert core.state_of("child") is S.SUBMITTED  # waits for the parent to succeed
+    out = drive(core, completed("parent", 1), 3.0)
+    assert [a.task_id for a in assigns(out)] == ["child"]
+
+
+@pytest.mark.parametrize(
+    ("parent_event", "reason"),
+    [
+        pytest.param(None, "upstream parent was never submitted (waited 60 s)", id="never"),
+        pytest.param(task("parent", gpus=99), "upstream parent was refused", id="parent refused"),
+    ],
+)
+def test_a_dependent_whose_upstream_never_comes_is_cancelled(
+    parent_event: Any, reason: str
+) -> None:
+    core = core_with(nodes=[N0], unknown_upstream_grace_s=60.0)
+    drive(core, submitted(task("child", depends_on=["parent"])), 0.0)
+    drive(core, submitted(task("grandchild", depends_on=["child"])), 0.0)
+    if parent_event is not None:
+        assert of_type(drive(core, submitted(parent_event), 5.0), Reject)
+    else:
+        drive(core, [], 60.0)
+        assert core.state_of("child") is S.SUBMITTED  # not yet: 60 s have not passed
+        drive(core, [], 60.5)
+    assert (core.state_of("child"), core.tasks["child"].reason) == (S.CANCELLED, reason)
+    assert core.state_of("grandchild") is S.CANCELLED
+    assert core.unknown_upstreams == {}
+
+
+def test_a_dependency_cycle_through_a_late_upstream_is_cancelled() -> None:
+    core = core_with(nodes=[N0], unknown_upstream_grace_s=60.0)
+    drive(core, submitted(task("a", depends_on=["b"])), 1.0)
+    drive(core, submitted(task("b", depends_on=["a"])), 2.0)
+    assert core.state_of("a") is S.CANCELLED
+    assert core.tasks["a"].reason == "dependency cycle through b"
+    assert core.state_of("b") is S.CANCELLED  # its only upstream was cancelled
+
+
+def test_without_a_grace_an_unknown_upstream_is_refused_at_once() -> None:
+    core = core_with(nodes=[N0])
+    (reject,) = of_type(drive(core, submitted(task("child", depends_on=["parent"])), 1.0), Reject)
+    assert "unknown task 'parent'" in reject.reason
+    assert core.state_of("child") is None
+
+
+def test_the_unknown_upstream_grace_must_be_a_finite_non_negative_number() -> None:
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="unknown_upstream_grace_s"):
+            CoreConfig(unknown_upstream_grace_s=bad)
