@@ -21,7 +21,9 @@ Wire contract:
   ``source.offset``; the agent never stops on bad input.
 - Outputs: an assignment goes to ``sched.assignments.<hardware>`` (created on first use),
   key = node id, partition :func:`~streamsched.agents.partitioning.partition_for`; its
-  decision audit (assignments and preemptions), any ``task.rejected``, and a ``task.ended``
+  decision audit (assignments, preemptions, and a shadow policy's would-be placements,
+  ``kind="shadow"``, which never go to an assignment topic), any ``task.rejected``, and a
+  ``task.ended``
   for every task the core settles go to ``sched.decisions`` keyed by task id; a
   ``command.stop_attempt`` goes to the assignment topic of the node's hardware (known from
   its heartbeats), same key and partition rule. Every record carries header ``type``.
@@ -77,6 +79,7 @@ from streamsched.scheduler.instructions import (
     PolicyUpdated,
     Preempt,
     Reject,
+    ShadowAssign,
     StaleEvent,
     TaskTransition,
 )
@@ -575,6 +578,19 @@ class PlacementAgent:
 
     # ------------------------------------------------------------------ metrics
 
+    def _refresh_risk_and_load_gauges(self, classes: set[str]) -> None:
+        """Set the node-risk and load-forecast gauges per hardware class from the core, as
+        of its latest ``handle`` time (the load forecast only under a load-aware policy).
+        Runs on the loop's thread, between ``handle`` calls."""
+        core = self.core
+        now = core.last_now
+        for hardware, risk in core.failure_risk_by_hardware(now).items():
+            metrics.NODE_FAILURE_RISK_MAX.labels(hardware).set(risk)
+        for hardware in sorted(classes):
+            forecast = core.load_forecast(hardware, now)
+            if forecast is not None:
+                metrics.PLACEMENT_LOAD_FORECAST_GPUS.labels(hardware).set(forecast)
+
     def _refresh_gauges(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Set the gauges from the maintained counts and the consumer's positions against
         the cached high watermarks (no broker round trip); at most every
@@ -588,6 +604,7 @@ class PlacementAgent:
         metrics.QUEUED_TASKS.set(gauges.queued)
         for hardware in classes | set(gauges.running_count):
             metrics.RUNNING_TASKS.labels(hardware).set(gauges.running_count.get(hardware, 0))
+        self._refresh_risk_and_load_gauges(classes)
         lags: list[tuple[str, int]] = []
         try:
             for tp in consumer.position(partitions):
@@ -706,6 +723,9 @@ class PlacementAgent:
         elif isinstance(ins, Preempt | CoreStopAttempt):
             kind = "preempt" if isinstance(ins, Preempt) else "stop"
             metrics.DECISIONS.labels(kind, self.node_hardware.get(ins.node_id, "")).inc()
+        elif isinstance(ins, ShadowAssign):  # audit only: never an assignment
+            metrics.SHADOW_DECISIONS.labels(ins.decision.policy).inc()
+            metrics.SHADOW_AGREEMENT.labels(ins.agreement).inc()
 
     def _observe_submit_to_assigned(self, first_assigned: list[tuple[str, str]]) -> None:
         """Submission ``occurred_at`` to now (the assignments were just flushed)."""
@@ -932,11 +952,14 @@ def _log_policy_change(ins: PolicyUpdated | PolicyRejected) -> None:
         metrics.DECISIONS.labels("policy_rejected", "").inc()
     elif ins.changed:
         logger.info(
-            "policy %s (%s) replaces %s (%s), by %s",
+            "policy %s (%s) replaces %s (%s), split %s at %g, shadow %s, by %s",
             ins.policy,
             ins.version,
             ins.previous_policy,
             ins.previous_version,
+            ins.split_version or "none",
+            ins.split_ratio,
+            ins.shadow_version or "none",
             ins.stimulus_id,
         )
         metrics.DECISIONS.labels("policy_update", "").inc()

@@ -49,7 +49,16 @@ from streamsched.schemas.tasks import DeclaredWork, Priority, TaskRejected, Task
 from streamsched.schemas.types import CONTEXT_KNOWN_HARDWARE, MAX_ID_CHARS, MAX_TEXT_CHARS
 
 from . import events as core
-from .instructions import Assign, Candidate, Decision, Instruction, Preempt, Reject, TaskTransition
+from .instructions import (
+    Assign,
+    Candidate,
+    Decision,
+    Instruction,
+    Preempt,
+    Reject,
+    ShadowAssign,
+    TaskTransition,
+)
 from .instructions import StopAttempt as CoreStopAttempt
 from .model import NodeSpec, PriorityClass, TaskSpec
 
@@ -303,11 +312,14 @@ def decision_audit_to_wire(
     occurred_at: datetime,
     source: str,
     preempted: tuple[str, int] | None = None,
+    shadow: ShadowAssign | None = None,
 ) -> DecisionAudit:
     """The ``decision.audit`` record of a placement decision (event id
     ``<decision_id>.audit``), or with ``preempted=(task_id, attempt)`` of a preemption
     stopping that attempt (``kind="preempt"``, event id
-    ``<decision_id>.<task_id>.<attempt>.audit``)."""
+    ``<decision_id>.<task_id>.<attempt>.audit``), or with ``shadow`` (whose ``decision``
+    is ``decision``) of a shadow policy's would-be placement (``kind="shadow"``, event id
+    ``<decision_id>.audit``, with the live decision it is compared with)."""
     candidates = tuple(
         wire_c
         for wire_c in map(decision_candidate_to_wire, decision.candidates)
@@ -317,11 +329,22 @@ def decision_audit_to_wire(
     if preempted is not None:
         base = f"{base}.{preempted[0]}.{preempted[1]}"
     hardware = {decision.chosen_hardware, *(c.hardware for c in decision.candidates)}
+    live: dict[str, str | None] = {}
+    if shadow is not None:
+        live = {
+            "live_decision_id": shadow.live_decision_id,
+            "live_node_id": shadow.live_node_id,
+            "live_hardware": shadow.live_hardware,
+        }
+        if shadow.live_hardware is not None:
+            hardware.add(shadow.live_hardware)
+    kind = "shadow" if shadow is not None else "assign" if preempted is None else "preempt"
     return _from_core(
         DecisionAudit,
         hardware,
         event_id=derived_event_id(base, "audit"),
-        kind="assign" if preempted is None else "preempt",
+        kind=kind,
+        **live,
         preempted_task_id=None if preempted is None else preempted[0],
         preempted_attempt=None if preempted is None else preempted[1],
         occurred_at=occurred_at,
@@ -440,6 +463,8 @@ def wire_records_from_instruction(
     :class:`~.instructions.Preempt` -> ``(StopAttempt, DecisionAudit)`` (the audit has
     ``kind="preempt"``; just the stop if the instruction has no decision);
     :class:`~.instructions.StopAttempt` -> ``(StopAttempt,)``;
+    :class:`~.instructions.ShadowAssign` -> ``(DecisionAudit,)`` with ``kind="shadow"``
+    (to ``sched.decisions`` only: a shadow decision never becomes an assignment);
     :class:`~.instructions.Reject` -> ``(TaskRejected,)``;
     a :class:`~.instructions.TaskTransition` into a terminal state -> ``(TaskEnded,)``
     (to ``sched.decisions``, keyed by ``task_id``). Errors as
@@ -449,6 +474,12 @@ def wire_records_from_instruction(
         if not ins.new.terminal:
             return ()
         return (task_ended_to_wire(ins, occurred_at=occurred_at, source=source),)
+    if isinstance(ins, ShadowAssign):
+        return (
+            decision_audit_to_wire(
+                ins.decision, occurred_at=occurred_at, source=source, shadow=ins
+            ),
+        )
     if isinstance(ins, Preempt):
         stop = stop_to_wire(ins, occurred_at=occurred_at, source=source)
         audit = preemption_audit_to_wire(ins, occurred_at=occurred_at, source=source)

@@ -14,7 +14,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from .events import (
     Tick,
     UpdatePolicy,
 )
+from .failure import NodeRiskModel
 from .forecasting import DEFAULT_RUNTIME_S, IntervalForecaster, RuntimeForecaster
 from .fragmentation import FragmentationCache, WorkloadProfile
 from .instructions import (
@@ -50,8 +51,11 @@ from .instructions import (
 )
 from .model import GPU_MILLI, TaskSpec, TaskState
 from .plugins import SortContext
-from .policies import Policy, changed_params, policy_for_update
+from .policies import Policy, changed_params, policy_for_update, split_fraction
 from .queue import ReadyQueue
+
+if TYPE_CHECKING:
+    from .load import BucketedDemand
 
 S = TaskState
 
@@ -149,6 +153,11 @@ class TaskRecord:
         return end if end > now else now + max(1.0, 0.1 * self.predicted_s)
 
 
+def _identity(policy: Policy | None) -> tuple[str, str, object] | None:
+    """What makes two policies the same for a live update: name, version, parameters."""
+    return None if policy is None else (policy.name, policy.version, policy.params)
+
+
 class SchedulerCore:
     """The state machine. See the module docstring."""
 
@@ -198,6 +207,29 @@ class SchedulerCore:
         self._next_expiry_check = -math.inf
         #: Upstream task ids not submitted yet -> (first named at, dependents waiting).
         self.unknown_upstreams: dict[str, tuple[float, list[str]]] = {}
+        # --- node failure risk and load deferral (see docs/policies.md)
+        #: Failure risk per node, fed by heartbeats, attempt ends and node losses.
+        self.node_risk = NodeRiskModel()
+        #: GPU demand per hardware class per ``load_bucket_s`` and its forecasters; built
+        #: when a load-aware policy first needs it (River is imported then).
+        self.load: BucketedDemand | None = None
+        #: Queued low-priority task id -> (first deferred at, why); rebound, never mutated
+        #: in place, by the cycle (a shadow fork shares the dict).
+        self.deferred: dict[str, tuple[float, str]] = {}
+        #: The ``now`` of the latest ``handle`` call (for metrics read between calls).
+        self.last_now = 0.0
+        #: A/B split (see :meth:`policy_of`): the candidate policy and its share of tasks.
+        self.split_policy: Policy | None = None
+        self.split_ratio = 1.0
+        #: Shadow mode (see :mod:`.shadow`): the policy evaluated beside the live one, the
+        #: shadow decisions made so far, and the attempt each queued task was
+        #: shadow-decided for (one shadow decision per attempt).
+        self.shadow_policy: Policy | None = None
+        self.shadow_decisions = 0
+        self.shadow_decided: dict[str, int] = {}
+        #: The shadow's queue position per queued task, with the stamp it is valid for
+        #: (see ``shadow.fork``); cleared with the shadow.
+        self.shadow_keys: dict[str, tuple[object, tuple[float, ...], float | None]] = {}
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             NodeUp: self._on_node_up,
             NodeLost: self._on_node_lost,
@@ -219,6 +251,7 @@ class SchedulerCore:
         from .cycle import run_cycle  # local: cycle imports this module's types
 
         self._out = []
+        self.last_now = now
         stimulus_id = events[-1].stimulus_id if events else "tick"
         for ev in events:
             self._stimulus = ev.stimulus_id
@@ -231,14 +264,88 @@ class SchedulerCore:
         if self.stale_types:
             self._rekey_stale(self.policy.params.rekey_budget)
         if len(self.queue):
+            shadow = self._shadow_cycle(now, stimulus_id) if self.shadow_policy else None
             run_cycle(self, now, stimulus_id)
+            if shadow is not None:
+                self._emit_shadow(shadow, now)
         out, self._out = self._out, []
         return out
 
     def emit(self, instruction: Instruction) -> None:
         self._out.append(instruction)
 
+    def _shadow_cycle(self, now: float, stimulus_id: str) -> list[Instruction]:
+        """The shadow policy's cycle on a copy of the state before the live cycle."""
+        from .shadow import shadow_cycle  # local: shadow imports this module
+
+        return shadow_cycle(self, now, stimulus_id)
+
+    def _emit_shadow(self, shadow: list[Instruction], now: float) -> None:
+        from .shadow import shadow_assigns  # local: shadow imports this module
+
+        for ins in shadow_assigns(self, shadow, self._out, now):
+            self.emit(ins)
+
     # ================================================================== queries
+    def policy_of(self, task_id: str) -> Policy:
+        """The policy that places ``task_id``: the split's candidate when the task's stable
+        hash (:func:`~.policies.split_fraction`) is below ``split_ratio``, else the live
+        policy. Queue order and the cycle's mechanisms are always the live policy's."""
+        split = self.split_policy
+        if split is None or split_fraction(task_id) >= self.split_ratio:
+            return self.policy
+        return split
+
+    def risk_penalty(self, now: float, weight: float) -> FloatArray | None:
+        """Per row, ``weight`` times the node's failure risk above the fleet prior (>= 0),
+        or None when no node is riskier than the fleet (the usual case: then scores are
+        exactly those without risk). O(nodes with bad evidence)."""
+        if weight <= 0:
+            return None
+        risky = self.node_risk.risky_nodes(now)
+        rows = [(self.cluster.index.get(nid), excess) for nid, excess in risky.items()]
+        rows = [(row, excess) for row, excess in rows if row is not None]
+        if not rows:
+            return None
+        penalty = np.zeros(max(self.cluster.size, 1))
+        for row, excess in rows:
+            penalty[row] = weight * excess
+        return penalty
+
+    def load_forecast(self, hardware: str, now: float) -> float | None:
+        """Predicted GPU demand of ``hardware`` in the load bucket holding ``now``, or None
+        while no load-aware policy has run."""
+        return None if self.load is None else self.load.forecast(hardware, now)
+
+    def failure_risk_by_hardware(self, now: float) -> dict[str, float]:
+        """The highest node failure risk per hardware class, over registered nodes."""
+        out: dict[str, float] = {}
+        prior = self.node_risk.fleet_risk(now)
+        risks = self.node_risk.risks(now)
+        for nid, row in self.cluster.index.items():
+            hardware = self.cluster.specs[row].hardware
+            out[hardware] = max(out.get(hardware, 0.0), risks.get(nid, prior))
+        return out
+
+    def _record_demand(self, spec: TaskSpec, now: float) -> None:
+        """Count ``spec``'s GPUs in the load series, split evenly over the GPU classes it
+        may use (a job runs on one of them); only under a load-aware policy."""
+        params = self.policy.params
+        if not self.policy.load_aware or spec.gpus == 0:
+            return
+        if self.load is None or self.load.bucket_s != params.load_bucket_s:
+            from .load import BucketedDemand  # local: River is slow to import
+
+            self.load = BucketedDemand(params.load_bucket_s)
+        c = self.cluster
+        names = c.hardware_names
+        gpu_classes = {names[int(h)] for h in np.unique(c.hw[: c.size][c.gpu_cap[: c.size] > 0])}
+        allowed = spec.allowed_hardware
+        classes = sorted(gpu_classes & allowed if allowed else gpu_classes)
+        if classes:
+            share = spec.gpu_demand_milli / GPU_MILLI / len(classes)
+            self.load.record(((h, share) for h in classes), now)
+
     def state_of(self, task_id: str) -> TaskState | None:
         rec = self.tasks.get(task_id)
         return rec.state if rec else None
@@ -327,6 +434,8 @@ class SchedulerCore:
     def dequeue(self, task_id: str) -> None:
         self.queue.remove(task_id)
         self.queued_by_type[self.tasks[task_id].spec.task_type].pop(task_id, None)
+        if task_id in self.deferred:
+            self.deferred = {t: d for t, d in self.deferred.items() if t != task_id}
 
     def _learn(self, spec: TaskSpec, hardware: str, observed_s: float) -> None:
         """Teach the forecaster, then re-key queued tasks whose predictions moved: the
@@ -454,6 +563,8 @@ class SchedulerCore:
     # ================================================================== node events
     def _on_node_up(self, ev: NodeUp, now: float) -> None:
         self.last_seen[ev.node.node_id] = now
+        beat = now if ev.reported_at_s is None else ev.reported_at_s
+        self.node_risk.observe_heartbeat(ev.node.node_id, beat)
         row, changed = self.cluster.upsert(ev.node)
         size = self.occupancy_s.shape[0]
         if row >= size:
@@ -489,6 +600,7 @@ class SchedulerCore:
             since = max(t for t in marks if t is not None)
             if seen - since > grace:
                 absent = f"not listed by its heartbeats for {seen - since:.0f} s"
+                self.node_risk.observe_attempt_end(node_id, "lost", now)
                 self._lose(
                     rec,
                     f"attempt {rec.attempt} lost: node {node_id} does not run it ({absent})",
@@ -558,6 +670,7 @@ class SchedulerCore:
         row = self.cluster.index.get(ev.node_id)
         if row is None or not self.cluster.alive[row]:
             return
+        self.node_risk.observe_node_lost(ev.node_id, now)
         for tid in sorted(self.on_row.get(row, ())):
             self._lose(self.tasks[tid], f"{ev.reason}: node {ev.node_id}", now)
         self.on_row.pop(row, None)
@@ -597,6 +710,7 @@ class SchedulerCore:
             return
         rec = self.tasks[spec.task_id] = TaskRecord(spec=spec, submitted_at=now)
         self.workload.observe(spec)
+        self._record_demand(spec, now)
         self.transition(rec, S.SUBMITTED, "accepted", now)
         for dep in spec.depends_on:
             up = self.tasks.get(dep)
@@ -732,6 +846,8 @@ class SchedulerCore:
                 )
             )
             self._learn(rec.spec, rec.hardware, observed_full)
+        if rec.node_id is not None:
+            self.node_risk.observe_attempt_end(rec.node_id, "succeeded", now)
         self.release(rec)
         rec.progress = 1.0
         self.transition(rec, S.SUCCEEDED, "completed", now)
@@ -746,6 +862,8 @@ class SchedulerCore:
         if not self._current(rec, ev.task_id, ev.attempt, "failed"):
             return
         assert rec is not None
+        if ev.retryable and rec.node_id is not None:  # plausibly the node's (see failure.py)
+            self.node_risk.observe_attempt_end(rec.node_id, "failed", now)
         self.release(rec)
         if ev.retryable and rec.retries < rec.spec.max_retries:
             rec.retries += 1
@@ -770,6 +888,8 @@ class SchedulerCore:
         if not self._current(rec, ev.task_id, ev.attempt, "lost"):
             return
         assert rec is not None
+        if rec.node_id is not None:
+            self.node_risk.observe_attempt_end(rec.node_id, "lost", now)
         self._lose(rec, f"attempt {ev.attempt} lost: {ev.reason}", now)
 
     def _on_cancel(self, ev: CancelTask, now: float) -> None:
@@ -801,52 +921,90 @@ class SchedulerCore:
 
     # ================================================================== policy
     def _on_update_policy(self, ev: UpdatePolicy, now: float) -> None:
-        """Switch the live policy, or answer :class:`PolicyRejected` and change nothing.
-        Queued tasks are re-keyed under the new policy (its queue order, fair-share
-        grouping and deadline urgency), keeping their arrival order among equal keys."""
+        """Apply a policy update (switch, A/B split, shadow), or answer
+        :class:`PolicyRejected` and change nothing. Declarative: the update states the whole
+        configuration (see :class:`~.events.UpdatePolicy`). When the live policy changes,
+        queued tasks are re-keyed under it (its queue order, fair-share grouping and
+        deadline urgency), keeping their arrival order among equal keys; a split or shadow
+        change alone re-keys nothing (queue order is always the live policy's)."""
         try:
-            policy = self._policy_for(ev)
+            live, split, ratio, shadow = self._configuration_for(ev)
         except ValueError as exc:
             self.emit(PolicyRejected(ev.stimulus_id, ev.policy, str(exc)))
             return
         old = self.policy
-        changed = (policy.name, policy.version, policy.params) != (
-            old.name,
-            old.version,
-            old.params,
-        )
+        live_changed = _identity(live) != _identity(old)
+        changed = live_changed or (
+            _identity(split),
+            ratio,
+            _identity(shadow),
+        ) != (_identity(self.split_policy), self.split_ratio, _identity(self.shadow_policy))
         self.emit(
             PolicyUpdated(
                 ev.stimulus_id,
-                policy.name,
-                policy.version,
+                live.name,
+                live.version,
                 old.name,
                 old.version,
-                changed_params(policy.params),
+                changed_params(live.params),
                 changed,
+                split_policy=split.name if split else None,
+                split_version=split.version if split else None,
+                split_ratio=ratio,
+                shadow_policy=shadow.name if shadow else None,
+                shadow_version=shadow.version if shadow else None,
             )
         )
-        if changed:
-            self.policy = policy
+        if not changed:
+            return
+        self.policy, self.split_policy, self.split_ratio = live, split, ratio
+        if _identity(shadow) != _identity(self.shadow_policy):
+            self.shadow_decided.clear()  # a new shadow decides every attempt afresh
+            self.shadow_keys.clear()
+        self.shadow_policy = shadow
+        if live_changed:
             self._rekey_all()
+
+    def _configuration_for(
+        self, ev: UpdatePolicy
+    ) -> tuple[Policy, Policy | None, float, Policy | None]:
+        """(live policy, split candidate or None, split ratio, shadow or None) after ``ev``;
+        ``ValueError`` naming what is wrong otherwise."""
+        ratio = ev.split_ratio
+        if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
+            raise ValueError(f"split_ratio must be a number in 0..1, got {ratio}")
+        target = self._policy_for(ev)
+        live, split = (target, None) if ratio >= 1.0 else (self.policy, target)
+        if split is not None and (ratio <= 0.0 or _identity(split) == _identity(live)):
+            split = None  # no task would go to another policy: no split
+        shadow = None
+        if ev.shadow_policy is not None:
+            shadow = self._shadow_for(ev.shadow_policy, live)
+        return live, split, (1.0 if split is None else ratio), shadow
 
     def _policy_for(self, ev: UpdatePolicy) -> Policy:
         """The policy ``ev`` asks for; ``ValueError`` naming what is wrong otherwise."""
-        if ev.split_ratio != 1.0:
-            raise ValueError(
-                f"split_ratio={ev.split_ratio:g} is not supported yet (A/B splits between "
-                "policies are planned); send 1.0 to switch over fully"
-            )
-        if ev.shadow_policy is not None:
-            raise ValueError(
-                f"shadow_policy={ev.shadow_policy!r} is not supported yet (shadow mode is "
-                "planned); leave it null"
-            )
         return policy_for_update(
             ev.policy,
             dict(ev.parameters),
             allow_simulation_only=self.forecaster.name == "oracle",
         )
+
+    def _shadow_for(self, name: str, live: Policy) -> Policy:
+        """The built-in policy ``name`` (default parameters) as a shadow of ``live``;
+        ``ValueError`` for an unknown or simulation-only policy, or the live one itself."""
+        try:
+            shadow = policy_for_update(
+                name, {}, allow_simulation_only=self.forecaster.name == "oracle"
+            )
+        except ValueError as exc:
+            raise ValueError(f"shadow_policy: {exc}") from None
+        if _identity(shadow) == _identity(live):
+            raise ValueError(
+                f"shadow_policy {name!r} is the live policy ({live.version}): a shadow must "
+                "differ from the policy it is compared with"
+            )
+        return shadow
 
     def _rekey_all(self) -> None:
         """Recompute every queued task's key, group and deadline entry under the current

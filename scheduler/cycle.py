@@ -11,6 +11,10 @@
    get first, and later tasks may use it only if they end before or leave room.
 5. Preemption: blocked tasks may evict preemptible attempts (checkpoint kept) when that
    lowers total completion time, serves a higher priority class or saves a deadline.
+
+Under an A/B split (``SchedulerCore.policy_of``) each task's arm supplies steps 2-3 for
+that task (scorers, waiting for faster hardware, the decision's policy name); the order,
+backfilling, reservations and preemption are the live policy's for every task.
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ import numpy as np
 from .cluster import Cluster, FloatArray, IntArray
 from .core import SchedulerCore, TaskRecord
 from .instructions import Assign, Candidate, Decision, Preempt
-from .model import GPU_MILLI, TaskSpec, TaskState
+from .model import GPU_MILLI, PriorityClass, TaskSpec, TaskState
 from .plugins import ScoreContext
+from .policies import Policy
 
 S = TaskState
 
 #: Rows per hardware class examined when estimating when a blocked task could start.
 EARLIEST_START_ROWS = 32
+#: Deferral ahead of a predicted peak keeps at most this fraction of a class's GPUs free.
+MAX_HEADROOM_FRACTION = 0.5
 
 
 @dataclass(slots=True)
@@ -91,6 +98,10 @@ class _Cycle:
         self._rows_memo: dict[object, tuple[IntArray, IntArray]] = {}
         self._shares: dict[str, float] = {}
         self._start_memo: dict[tuple[object, int], tuple[float, int]] = {}
+        # Load deferral and node risk (see _defer_peaks and _risk_penalty).
+        self._demand: dict[int, float] = {}
+        self._deferrals: dict[str, tuple[float, str]] = {}
+        self._risk: tuple[float, FloatArray | None] | None = None
 
     # ------------------------------------------------------------------ step 1
     def _order(self) -> Iterator[str]:
@@ -157,6 +168,8 @@ class _Cycle:
                 break
         if self.policy.preemption and self.blocked and self.core.preemptible_on_row:
             self._preempt()
+        if self._deferrals:  # rebound, not mutated: a shadow fork shares the dict
+            self.core.deferred = {**self.core.deferred, **self._deferrals}
 
     @property
     def envelope(self) -> tuple[int, int, int, int]:
@@ -196,8 +209,14 @@ class _Cycle:
                 rows = rows[~np.isin(rows, barred)]
                 classes = self._classes(rows)
         wait = None
-        if self.policy.hardware_aware:
-            wait = self._best_wait(rec, runtimes, set(classes.tolist()), shape)
+        arm = self.core.policy_of(spec.task_id)  # an A/B split's arm (else the policy)
+        peaked: set[int] = set()
+        if rows.size and self._may_defer(rec, arm):
+            rows, classes, peaked = self._defer_peaks(rec, rows, classes, arm)
+            if rows.size == 0:
+                return False  # deferred: no reservation, no preemption
+        if arm.hardware_aware:
+            wait = self._best_wait(rec, runtimes, set(classes.tolist()) | peaked, shape)
         if rows.size == 0:
             self.failed_shapes.add(shape)
             self._block(rec, runtimes, wait, shape)
@@ -206,12 +225,12 @@ class _Cycle:
         # can start now is the fastest fitting class (the primary scorer's choice).
         best_now = float(runtimes[classes].min())
         if wait is not None and wait.completion_s < self.now + best_now * (
-            1 - self.params.wait_margin
+            1 - arm.params.wait_margin
         ):
             self._block(rec, runtimes, wait, shape)
             return False
-        chosen, candidates = self._choose(spec, rows, classes, runtimes)
-        self._assign(rec, chosen, float(runtimes[c.hw[chosen]]), candidates, wait)
+        chosen, candidates = self._choose(spec, rows, classes, runtimes, arm)
+        self._assign(rec, chosen, float(runtimes[c.hw[chosen]]), candidates, wait, arm)
         return True
 
     def _fitting_rows(self, spec: TaskSpec, shape: object) -> tuple[IntArray, IntArray]:
@@ -224,8 +243,14 @@ class _Cycle:
         return memo
 
     def _choose(
-        self, spec: TaskSpec, rows: IntArray, classes: IntArray, runtimes: FloatArray
+        self,
+        spec: TaskSpec,
+        rows: IntArray,
+        classes: IntArray,
+        runtimes: FloatArray,
+        arm: Policy | None = None,
     ) -> tuple[int, list[Candidate]]:
+        """The node ``arm`` (default: the cycle's policy) scores best, and the candidates."""
         core, c = self.core, self.cluster
         ctx = ScoreContext(
             cluster=c,
@@ -236,10 +261,11 @@ class _Cycle:
             round_robin_next=core.round_robin_next,
             workload=core.workload.target,
             fragmentation_cache=core.fragmentation_cache,
+            risk_penalty=self._risk_penalty(arm or self.policy),
         )
         cand = rows
         primary: FloatArray | None = None
-        for scorer in self.policy.scorers:
+        for scorer in (arm or self.policy).scorers:
             scores = scorer.score(spec, cand, ctx)
             if primary is None:
                 primary = scores
@@ -279,8 +305,10 @@ class _Cycle:
         runtime: float,
         candidates: list[Candidate],
         wait: WaitOption | None,
+        arm: Policy | None = None,
     ) -> None:
         core, c, spec = self.core, self.cluster, rec.spec
+        arm = arm or self.policy
         hardware = c.specs[row].hardware
         if wait is not None:
             candidates.append(self._wait_candidate(wait, rec))
@@ -293,6 +321,7 @@ class _Cycle:
         rec.reported_progress = rec.progress
         rec.decision_id = decision_id
         gpus = c.choose_gpus(row, spec)
+        notes = self._load_notes(rec, row, arm)  # before dequeue forgets a deferral
         core.hold(rec, row, gpus)
         core.dequeue(spec.task_id)
         res = self.reservations.get(row)
@@ -303,14 +332,14 @@ class _Cycle:
         self._rows_memo.clear()
         self._start_memo.clear()
         self._shares.pop(spec.tenant, None)
-        reason = self._reason(hardware, runtime, candidates)
+        reason = self._reason(hardware, runtime, candidates, arm) + notes
         decision = Decision(
             decision_id=decision_id,
             stimulus_id=self.stimulus_id,
             task_id=spec.task_id,
             attempt=rec.attempt,
-            policy=self.policy.name,
-            policy_version=self.policy.version,
+            policy=arm.name,
+            policy_version=arm.version,
             model_version=core.forecaster.version,
             decided_at_s=self.now,
             chosen_node_id=c.node_ids[row],
@@ -336,15 +365,106 @@ class _Cycle:
         )
         core.check_deadline(rec, self.now, self.now + runtime)
 
-    def _reason(self, hardware: str, runtime: float, candidates: list[Candidate]) -> str:
-        scorers = "+".join(s.name for s in self.policy.scorers)
+    def _reason(
+        self,
+        hardware: str,
+        runtime: float,
+        candidates: list[Candidate],
+        arm: Policy | None = None,
+    ) -> str:
+        arm = arm or self.policy
+        scorers = "+".join(s.name for s in arm.scorers)
         others = ", ".join(
             f"{cand.hardware} {cand.expected_wait_s + cand.predicted_runtime_s:.0f}s"
             for cand in candidates
             if cand.hardware != hardware
         )
-        text = f"{self.policy.name} ({scorers}): {hardware}, predicted {runtime:.0f}s"
+        text = f"{arm.name} ({scorers}): {hardware}, predicted {runtime:.0f}s"
         return f"{text}; alternatives: {others}" if others else text
+
+    # ------------------------------------------------------------------ risk, deferral
+    def _risk_penalty(self, arm: Policy) -> FloatArray | None:
+        """Per row, the failure-risk penalty of a load-aware ``arm`` (once per cycle;
+        None when no node is riskier than the fleet or ``risk_weight`` is 0)."""
+        if not arm.load_aware:
+            return None
+        weight = arm.params.risk_weight
+        if self._risk is None or self._risk[0] != weight:
+            self._risk = (weight, self.core.risk_penalty(self.now, weight))
+        return self._risk[1]
+
+    def _load_notes(self, rec: TaskRecord, row: int, arm: Policy) -> str:
+        """Audit notes for an assignment: the chosen node's failure risk when it was
+        penalised, and an earlier deferral of the task."""
+        notes = ""
+        penalty = self._risk_penalty(arm)
+        if penalty is not None and penalty[row] > 0:
+            node_id = self.cluster.node_ids[row]
+            risk = self.core.node_risk.risk(node_id, self.now)
+            notes += (
+                f"; node {node_id} failure risk {risk:.2f} "
+                f"(+{penalty[row]:.0%} on predicted completion)"
+            )
+        deferral = self.core.deferred.get(rec.spec.task_id)
+        if deferral is not None:
+            notes += f"; was {deferral[1]} for {self.now - deferral[0]:.0f}s"
+        return notes
+
+    def _may_defer(self, rec: TaskRecord, arm: Policy) -> bool:
+        """Whether ``rec`` is low-priority GPU work a load-aware ``arm`` may still defer:
+        its deferrals so far are shorter than ``defer_max_s``, and some attempt is running
+        (its end will bring another cycle, so a deferred task is never left waiting for an
+        event that cannot come: with an idle fleet nothing is deferred)."""
+        p, spec = arm.params, rec.spec
+        if not (arm.load_aware and p.defer_low_priority and self.core.load is not None):
+            return False
+        if spec.gpus == 0 or spec.priority.rank <= PriorityClass.NORMAL.rank:
+            return False
+        first = self.core.deferred.get(spec.task_id)
+        if first is not None and self.now - first[0] >= p.defer_max_s:
+            return False
+        return any(self.core.on_row.values())
+
+    def _defer_peaks(
+        self, rec: TaskRecord, rows: IntArray, classes: IntArray, arm: Policy
+    ) -> tuple[IntArray, IntArray, set[int]]:
+        """``rows`` and ``classes`` without the hardware classes under a predicted peak
+        (see :meth:`_peak`), and those classes. When nothing is left the task is deferred
+        with the reason (``core.deferred``, written at the end of the cycle)."""
+        peaks = [(h, d) for h in classes.tolist() if (d := self._peak(h, rec.spec)) is not None]
+        if not peaks:
+            return rows, classes, set()
+        peaked = {h for h, _ in peaks}
+        rows = rows[~np.isin(self.cluster.hw[rows], sorted(peaked))]
+        if rows.size == 0:
+            minutes = arm.params.load_bucket_s / 60.0
+            names = self.cluster.hardware_names
+            where = ", ".join(
+                f"{names[h]} ({round(d, 1):g} GPUs in the next {minutes:g} min)" for h, d in peaks
+            )
+            earlier = self.core.deferred.get(rec.spec.task_id)
+            since = self.now if earlier is None else earlier[0]
+            self._deferrals[rec.spec.task_id] = (since, f"deferred: predicted peak on {where}")
+        return rows, self._classes(rows), peaked
+
+    def _peak(self, h: int, spec: TaskSpec) -> float | None:
+        """The GPU demand predicted on class ``h`` for the load bucket in progress, when
+        starting ``spec`` there would leave fewer free GPUs than the headroom; else None.
+        The headroom is that demand in whole GPUs, at most :data:`MAX_HEADROOM_FRACTION`
+        of the class's GPUs (rounded down): a forecast below one GPU, or a class of one
+        GPU, never defers anything."""
+        c, load = self.cluster, self.core.load
+        assert load is not None
+        demand = self._demand.get(h)
+        if demand is None:
+            demand = self._demand[h] = load.forecast(c.hardware_names[h], self.now)
+        if demand < 1.0:
+            return None
+        class_rows = c.class_rows(h)
+        cap = float(c.gpu_cap[class_rows].sum())
+        headroom = math.floor(min(demand, MAX_HEADROOM_FRACTION * cap))
+        free = float(c.gpu_free_milli[class_rows].sum()) / GPU_MILLI
+        return demand if free - spec.gpu_demand_milli / GPU_MILLI < headroom else None
 
     def _wait_candidate(self, wait: WaitOption, rec: TaskRecord) -> Candidate:
         c = self.cluster

@@ -119,8 +119,15 @@ class UpdatePolicy(Stimulus):
     Declarative: the new policy is the built-in ``policy`` with ``parameters`` (sorted
     ``(name, value)`` pairs) overriding its :class:`~.policies.PolicyParams` defaults;
     parameters not named take their defaults. An invalid update is answered with a
-    ``PolicyRejected`` instruction and changes nothing. ``split_ratio`` other than 1.0 and
-    a ``shadow_policy`` are not supported yet and are rejected.
+    ``PolicyRejected`` instruction and changes nothing.
+
+    ``split_ratio`` (0..1) is the A/B split: the fraction of tasks, chosen by a stable hash
+    of their id (:func:`~.policies.split_fraction`), that ``policy`` places; the rest stay
+    with the live policy. 1.0 switches over fully (and ends any split); 0.0, or naming the
+    live policy itself, ends the split. ``shadow_policy`` names a built-in policy (with its
+    default parameters) evaluated beside the live one on every cycle and recorded
+    (:class:`~.instructions.ShadowAssign`), never acted on; ``None`` ends shadow mode.
+    Every update states the whole configuration (policy, parameters, split, shadow).
     """
 
     policy: str

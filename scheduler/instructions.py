@@ -149,9 +149,10 @@ class Learned(Instruction):
 
 @dataclass(frozen=True, slots=True)
 class PolicyUpdated(Instruction):
-    """A policy update was applied (``changed``) or named the policy already live
-    (``changed=False``, nothing done). Decisions from now on carry ``policy`` and
-    ``version``; ``parameters`` are the values that differ from the policy's defaults."""
+    """A policy update was applied (``changed``) or named the configuration already live
+    (``changed=False``, nothing done). ``policy``/``version`` are the live policy after the
+    update (decisions carry it, except those of the split's arm, which carry
+    ``split_policy``); ``parameters`` are its values that differ from the defaults."""
 
     policy: str
     version: str
@@ -159,12 +160,59 @@ class PolicyUpdated(Instruction):
     previous_version: str
     parameters: tuple[tuple[str, float], ...]
     changed: bool
+    #: The A/B split now in force: ``split_policy`` (version ``split_version``) places the
+    #: tasks whose stable hash falls below ``split_ratio``; ``policy`` places the rest.
+    #: ``None``/1.0 when there is no split.
+    split_policy: str | None = None
+    split_version: str | None = None
+    split_ratio: float = 1.0
+    #: The shadow policy now evaluated beside the live one (``None``: no shadow).
+    shadow_policy: str | None = None
+    shadow_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyRejected(Instruction):
-    """A policy update was refused (unknown policy or parameter, a bad value, or a feature
-    not supported yet); the live policy is unchanged. ``reason`` names what is wrong."""
+    """A policy update was refused (unknown policy, shadow policy or parameter, a bad value,
+    a simulation-only policy live, a shadow equal to the live policy); the live policy,
+    split and shadow are unchanged. ``reason`` names what is wrong."""
 
     policy: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowAssign(Instruction):
+    """What the shadow policy would have done: place attempt ``attempt`` of ``task_id`` on
+    ``node_id``. Evaluated on the same state as the live cycle of the same call, on a copy:
+    it never changes the core's state and is never executed (no assignment, no stop); it
+    goes to the audit trail only (``decision.audit`` with ``kind="shadow"``).
+
+    Emitted once per task attempt: the first cycle in which the shadow would place the task
+    (later cycles that would place it again are not repeated). ``predicted_start_s`` is that
+    cycle's time (a shadow places now or not at all), ``predicted_completion_s`` adds
+    ``predicted_runtime_s``. ``live_*`` describe the live decision for the same attempt in
+    the same cycle, or are ``None`` when the live policy did not place the task then (it
+    kept it waiting; its later ``Assign`` of the same attempt number is the comparison)."""
+
+    task_id: str
+    attempt: int
+    node_id: str
+    hardware: str
+    predicted_runtime_s: float
+    predicted_start_s: float
+    predicted_completion_s: float
+    decision: Decision
+    live_decision_id: str | None = None
+    live_node_id: str | None = None
+    live_hardware: str | None = None
+
+    @property
+    def agreement(self) -> str:
+        """``same_node``, ``same_hardware``, ``different`` (live placed the task elsewhere
+        in the same cycle) or ``live_waited`` (live did not place it in that cycle)."""
+        if self.live_node_id is None:
+            return "live_waited"
+        if self.live_node_id == self.node_id:
+            return "same_node"
+        return "same_hardware" if self.live_hardware == self.hardware else "different"

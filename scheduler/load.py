@@ -47,7 +47,7 @@ from typing import Protocol
 
 from river import linear_model, optim, stats, time_series
 
-__all__ = ["CANDIDATES", "LoadForecaster", "LoadForecasters", "LoadParams"]
+__all__ = ["CANDIDATES", "BucketedDemand", "LoadForecaster", "LoadForecasters", "LoadParams"]
 
 #: Candidate model names, in tie-break order.
 CANDIDATES: tuple[str, ...] = ("naive", "level", "median", "profile", "snarimax")
@@ -296,3 +296,72 @@ class LoadForecasters:
 
     def __getitem__(self, hardware: str) -> LoadForecaster:
         return self._by_class[hardware]
+
+
+class BucketedDemand:
+    """GPU demand per hardware class per bucket of ``bucket_s`` core seconds, with a
+    :class:`LoadForecasters` fed lazily (the scheduler core's load view).
+
+    ``record(weights, now)`` adds demand to the bucket of ``now``; ``forecast(hardware,
+    now)`` first feeds every closed bucket before ``now``'s to the forecasters, in order,
+    then answers the one-step forecast: the demand predicted for the bucket in progress.
+    A run of empty buckets is learned as at most ``season`` zeros (a long idle spell
+    teaches "idle" once, in bounded work). Feeding depends only on the recorded buckets,
+    never on when forecasts are asked for, so the answers are deterministic. A class is
+    fed from the first bucket it had demand in. Times earlier than the bucket already
+    fed are counted in the bucket in progress (they cannot change the past).
+    """
+
+    def __init__(self, bucket_s: float, params: LoadParams | None = None) -> None:
+        if not (math.isfinite(bucket_s) and bucket_s > 0):
+            raise ValueError(f"load buckets: bucket_s must be a finite number > 0, got {bucket_s}")
+        self.bucket_s = bucket_s
+        self.forecasters = LoadForecasters(params)
+        self._pending: dict[int, dict[str, float]] = {}
+        self._fed_upto = 0  # every bucket < this was fed
+        self._zero_run = 0
+        self._classes: list[str] = []
+
+    def bucket(self, now: float) -> int:
+        """The index of the bucket holding core time ``now``."""
+        return max(self._fed_upto, math.floor(now / self.bucket_s))
+
+    def record(self, weights: Iterable[tuple[str, float]], now: float) -> None:
+        """Add ``(hardware, GPUs)`` demand to the bucket of ``now`` (values >= 0)."""
+        into = self._pending.setdefault(self.bucket(now), {})
+        for hardware, value in weights:
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"load buckets: demand must be finite and >= 0, got {value!r}")
+            into[hardware] = into.get(hardware, 0.0) + value
+
+    def forecast(self, hardware: str, now: float) -> float:
+        """Predicted demand of ``hardware`` in the bucket holding ``now`` (0.0 for a
+        class never seen)."""
+        self._catch_up(self.bucket(now))
+        return self.forecasters.forecast(hardware, 1)[0]
+
+    def classes(self, now: float) -> list[str]:
+        """Classes fed so far (sorted), after catching up to ``now``."""
+        self._catch_up(self.bucket(now))
+        return sorted(self._classes)
+
+    def _catch_up(self, current: int) -> None:
+        season = self.forecasters.params.season
+        while self._fed_upto < current:
+            b = self._fed_upto
+            values = self._pending.pop(b, None)
+            if values is None:
+                nxt = min((k for k in self._pending if k < current), default=current)
+                empty = nxt - b
+                zeros = max(0, min(empty, season - self._zero_run))
+                for _ in range(zeros):
+                    self.forecasters.update_all((h, 0.0) for h in self._classes)
+                self._zero_run += empty
+                self._fed_upto = nxt
+                continue
+            for hardware in sorted(values):
+                if hardware not in self._classes:
+                    self._classes.append(hardware)
+            self.forecasters.update_all((h, values.get(h, 0.0)) for h in sorted(self._classes))
+            self._zero_run = 0
+            self._fed_upto = b + 1

@@ -44,6 +44,9 @@ class ScoreContext:
     round_robin_next: int
     workload: TargetWorkload
     fragmentation_cache: FragmentationCache | None = None
+    #: Per row, the soft failure-risk penalty ``risk_weight * excess risk`` (>= 0) that
+    #: inflates predicted completion (``PredictedCompletion``); None: no risk known.
+    risk_penalty: FloatArray | None = None
 
 
 class QueueSort(Protocol):
@@ -171,12 +174,16 @@ class LeastOccupancy:
 
 class PredictedCompletion:
     """Earliest predicted completion: for a node that fits now, now + predicted runtime on
-    its hardware class (so faster hardware wins)."""
+    its hardware class (so faster hardware wins). With ``ctx.risk_penalty``, the runtime
+    on each node is inflated by ``1 + penalty`` (a soft penalty for nodes likely to fail:
+    a risky node loses ties and close calls, but is never filtered out)."""
 
     name = "predicted-completion"
 
     def score(self, task: TaskSpec, rows: IntArray, ctx: ScoreContext) -> FloatArray:
         runtime = ctx.runtime_by_hw[ctx.cluster.hw[rows]]
+        if ctx.risk_penalty is not None:
+            runtime = runtime * (1.0 + ctx.risk_penalty[rows])
         return np.asarray(-(ctx.now + runtime), np.float64)
 
 

@@ -12,8 +12,10 @@
 ``forecast``       ours: aged shortest-predicted-first with priority classes, deadline slack,
                    tenant fair share (DRF), heterogeneity-aware placement by predicted
                    completion (waits for faster hardware when it pays), EASY backfilling
-                   with reservations for blocked jobs, FGD packing for GPU shares, and
-                   checkpoint-restart preemption
+                   with reservations for blocked jobs, FGD packing for GPU shares,
+                   checkpoint-restart preemption, a soft penalty for nodes likely to fail
+                   (``risk_weight``) and bounded deferral of low-priority work ahead of
+                   predicted peaks of GPU demand (``defer_low_priority``)
 ``forecast-river`` ``forecast`` with the learned forecaster ``river-linear``
                    (:mod:`.learned`: River's Bayesian linear regression on log runtime)
 ``oracle``         ``forecast`` with the true runtimes (simulation only): the limit
@@ -78,6 +80,17 @@ class PolicyParams:
     rekey_budget: int = 8
     #: Blocked tasks per cycle that may trigger preemption.
     max_preemption_checks: int = 4
+    # --- node failure risk and load deferral (load-aware policies: the forecast family)
+    #: Soft penalty of node failure risk: predicted completion on a node is inflated by
+    #: ``1 + risk_weight * excess risk`` (its risk above the fleet prior). 0 disables.
+    risk_weight: float = 1.0
+    #: Defer low-priority tasks (below ``normal``) ahead of a predicted peak of GPU
+    #: demand on a hardware class (0 or 1 in a live update).
+    defer_low_priority: bool = True
+    #: A task is deferred for at most this long in all (then placed normally).
+    defer_max_s: float = 1800.0
+    #: Bucket of the GPU demand series the load forecasters learn, in seconds.
+    load_bucket_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,8 @@ class Policy:
     preemption: bool = False
     fair_share: bool = False
     deadline_aware: bool = False
+    #: Uses node failure risk (``risk_weight``) and load deferral (``defer_low_priority``).
+    load_aware: bool = False
     #: Which built-in forecaster the policy uses by default.
     forecaster: Literal["running-mean", "dask-like", "oracle", "river-linear"] = "running-mean"
     params: PolicyParams = field(default_factory=PolicyParams)
@@ -118,6 +133,7 @@ def _forecast(name: str = "forecast", forecaster: str = "running-mean") -> Polic
         preemption=True,
         fair_share=True,
         deadline_aware=True,
+        load_aware=True,
         forecaster=forecaster,  # type: ignore[arg-type]
     )
 
@@ -157,9 +173,12 @@ def get_policy(name: str, **params: Any) -> Policy:
 
 # ---------------------------------------------------------------------- live updates
 #: Smallest accepted value of each parameter in a live update (all must be finite).
-PARAM_MINIMUM: dict[str, float] = {f.name: 0.0 for f in fields(PolicyParams)} | {"max_scan": 1}
+PARAM_MINIMUM: dict[str, float] = {f.name: 0.0 for f in fields(PolicyParams)} | {
+    "max_scan": 1,
+    "load_bucket_s": 60.0,
+}
 #: Largest accepted value, where there is one.
-PARAM_MAXIMUM: dict[str, float] = {"wait_margin": 1.0}
+PARAM_MAXIMUM: dict[str, float] = {"wait_margin": 1.0, "defer_low_priority": 1}
 #: Policies that only make sense with a forecaster the live system does not have.
 SIMULATION_ONLY = {"oracle": "needs the true runtimes of every job, so exists only in simulation"}
 #: A policy version longer than this names its parameters by a digest instead.
@@ -235,3 +254,13 @@ def policy_for_update(
         raise ValueError(f"policy {name!r} {SIMULATION_ONLY[name]}")
     policy = get_policy(name, **validated_params(parameters))
     return replace(policy, version=params_version(_REGISTRY[name].version, policy.params))
+
+
+# ---------------------------------------------------------------------- A/B splits
+def split_fraction(task_id: str) -> float:
+    """A stable number in [0, 1) for ``task_id``: the first 8 bytes of its SHA-256 over
+    2**64. The same on every machine, process and Python version (unlike ``hash``), so a
+    task stays in its arm of an A/B split across restarts and replays, and raising the
+    ratio only moves tasks into the candidate arm, never out of it."""
+    digest = hashlib.sha256(task_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64

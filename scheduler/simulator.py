@@ -23,11 +23,13 @@ from .core import CoreConfig, SchedulerCore
 from .events import (
     CancelTask,
     Event,
+    NodeLost,
     NodeUp,
     TaskCompleted,
     TaskPreempted,
     TaskProgress,
     TaskStarted,
+    Tick,
 )
 from .events import TaskSubmitted as Submitted
 from .forecasting import (
@@ -64,6 +66,10 @@ class SimConfig:
     #: training job reports its step count.
     progress_report_s: float = 600.0
     seed: int = 0
+    #: Injected node failures, as ``(node_id, at_s)``: the node is lost at ``at_s`` (its
+    #: attempts are re-queued) and registers again ``fault_downtime_s`` later, empty.
+    node_faults: tuple[tuple[str, float], ...] = ()
+    fault_downtime_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -183,6 +189,7 @@ class Simulator:
         self._dropped = 0
         self._util: list[tuple[float, float]] = []
         self._fill_curve: list[tuple[float, float]] = []
+        self._wakeups: set[float] = set()
 
     # ------------------------------------------------------------------ driving
     def _push(self, at: float, event: Event) -> None:
@@ -192,6 +199,7 @@ class Simulator:
         wall = self._clock()
         for node in self.nodes:
             self._push(0.0, NodeUp(f"node-up:{node.node_id}", node))
+        self._push_faults()
         jobs = self._arrivals()
         for job in jobs:
             self._jobs[job.spec.task_id] = job
@@ -207,6 +215,8 @@ class Simulator:
                 batch.append(heapq.heappop(self._heap)[2])
             out = self.core.handle(*batch, now=now)
             self._apply(out, now)
+            if self.core.deferred:
+                self._wake_deferred()
             handled += len(batch)
             if not self.config.departures:
                 arrived_gpu += sum(
@@ -223,6 +233,28 @@ class Simulator:
             if self.on_progress is not None and handled % 512 < len(batch):
                 self.on_progress(len(self._finish) + self._dropped, len(jobs))
         return self._report(jobs, self._clock() - wall, total_gpu_milli)
+
+    def _wake_deferred(self) -> None:
+        """Schedule a ``Tick`` when each deferred task's ``defer_max_s`` runs out, so the
+        bound holds even if no other event comes by then (the live system has heartbeats)."""
+        limit = self.core.policy.params.defer_max_s
+        for since, _ in self.core.deferred.values():
+            due = since + limit
+            if due not in self._wakeups:
+                self._wakeups.add(due)
+                self._push(due, Tick(f"defer-expiry:{due:g}"))
+
+    def _push_faults(self) -> None:
+        """Schedule the configured node faults; ValueError naming an unknown node."""
+        by_id = {n.node_id: n for n in self.nodes}
+        for i, (node_id, at) in enumerate(self.config.node_faults):
+            spec = by_id.get(node_id)
+            if spec is None:
+                known = ", ".join(sorted(by_id))
+                raise ValueError(f"node_faults[{i}]: unknown node {node_id!r}; nodes: {known}")
+            self._push(at, NodeLost(f"fault:{node_id}:{i}", node_id, "injected fault"))
+            back = at + self.config.fault_downtime_s
+            self._push(back, NodeUp(f"fault-up:{node_id}:{i}", spec))
 
     def _arrivals(self) -> list[TraceJob]:
         jobs = sorted(self.trace.jobs, key=lambda j: j.arrival_s)

@@ -38,6 +38,7 @@ from .lifecycle import (
     TaskProgress,
     TaskStarted,
 )
+from .models import ModelDrift
 from .nodes import NodeHeartbeat, NodeResources, RunningAttempt
 from .tasks import DeclaredWork, Priority, TaskRejected, TaskResources, TaskSubmitted
 from .types import CONTEXT_KNOWN_HARDWARE, CONTEXT_NOW
@@ -61,6 +62,7 @@ __all__ = [
     "EventEnvelope",
     "FieldError",
     "InvalidEvent",
+    "ModelDrift",
     "NodeHeartbeat",
     "NodeResources",
     "PolicyUpdate",

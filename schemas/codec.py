@@ -38,6 +38,7 @@ from .lifecycle import (
     TaskProgress,
     TaskStarted,
 )
+from .models import ModelDrift
 from .nodes import NodeHeartbeat
 from .tasks import TaskRejected, TaskSubmitted
 from .types import CONTEXT_KNOWN_HARDWARE, CONTEXT_NOW
@@ -61,6 +62,7 @@ Event: TypeAlias = (
     | CancelTask
     | PolicyUpdate
     | StopAttempt
+    | ModelDrift
 )
 
 _EVENT_CLASSES: tuple[type[EventEnvelope], ...] = Event.__args__

@@ -35,9 +35,12 @@ class PolicyUpdate(EventEnvelope):
     """Switch the placement policy or its parameters.
 
     ``split_ratio`` is the fraction of tasks (chosen by a stable hash of ``task_id``) placed
-    by ``policy``; the rest stay with the current policy (1.0 switches over fully).
-    ``shadow_policy``, if given, is evaluated on every decision and recorded in the audit
-    trail but never acted on.
+    by ``policy``; the rest stay with the current policy (1.0 switches over fully; 0.0
+    ends a split). ``shadow_policy``, if given, is evaluated (with its default parameters)
+    on every scheduling cycle and recorded in the audit trail (``decision.audit`` with
+    ``kind="shadow"``) but never acted on; an update without it ends shadow mode.
+    Declarative: every update states the whole configuration. See docs/policies.md,
+    "Shadow mode and A/B".
     """
 
     type: Literal["command.update_policy"] = "command.update_policy"

@@ -97,7 +97,8 @@ class DecisionCandidate(WireModel):
 
 
 class DecisionAudit(EventEnvelope):
-    """Why a placement or preemption was made. Published to ``sched.decisions``.
+    """Why a placement or preemption was made, or what a shadow policy would have done.
+    Published to ``sched.decisions``.
 
     ``kind="assign"`` (the default): ``task_id`` attempt ``attempt`` was placed on
     ``chosen_node_id``. ``kind="preempt"``: attempt ``preempted_attempt`` of
@@ -106,11 +107,21 @@ class DecisionAudit(EventEnvelope):
     is ``task_id``'s predicted runtime there. One record per stopped attempt; the records
     of one preemption share its ``decision_id``. The ``preempted_*`` fields are set exactly
     when ``kind`` is ``preempt``.
+
+    ``kind="shadow"``: the shadow policy ``policy`` would have placed attempt ``attempt`` of
+    ``task_id`` on ``chosen_node_id`` at ``decided_at_s`` (predicted to start then and to
+    finish ``predicted_runtime_s`` later). Never executed: no assignment exists for its
+    ``decision_id`` (``<prefix>-shadow-<n>``), and consumers of task state ignore it.
+    ``live_decision_id``, ``live_node_id`` and ``live_hardware`` name the live decision for
+    the same attempt in the same scheduling cycle, or are null when the live policy did not
+    place the task then; they are set only on shadow audits.
     """
 
     type: Literal["decision.audit"] = "decision.audit"
-    kind: Literal["assign", "preempt"] = Field(
-        default="assign", description="What was decided: a placement or a preemption."
+    kind: Literal["assign", "preempt", "shadow"] = Field(
+        default="assign",
+        description="What was decided: a placement, a preemption, or a shadow policy's "
+        "would-be placement (never executed).",
     )
     decision_id: Identifier
     stimulus_id: Identifier = Field(description="The event that triggered the decision.")
@@ -134,6 +145,37 @@ class DecisionAudit(EventEnvelope):
         description="Preemptions only: the attempt stopped.",
     )
 
+    live_decision_id: Identifier | None = Field(
+        default=None, description="Shadow only: the live decision of the same attempt."
+    )
+    live_node_id: Identifier | None = Field(
+        default=None, description="Shadow only: the node the live policy chose."
+    )
+    live_hardware: HardwareClass | None = Field(
+        default=None,
+        validate_default=True,
+        description="Shadow only: the hardware class the live policy chose.",
+    )
+
+    @field_validator("live_hardware")
+    @classmethod
+    def _live_fields_need_shadow(cls, hardware: str | None, info: ValidationInfo) -> str | None:
+        names = ("kind", "live_decision_id", "live_node_id")
+        if any(name not in info.data for name in names):
+            return hardware  # an earlier field failed; its error is reported already
+        given = [info.data["live_decision_id"], info.data["live_node_id"], hardware]
+        if info.data["kind"] != "shadow" and any(v is not None for v in given):
+            fail(
+                "live_fields_without_shadow",
+                'live_decision_id, live_node_id and live_hardware need kind="shadow"',
+            )
+        if any(v is None for v in given) and any(v is not None for v in given):
+            fail(
+                "live_fields_incomplete",
+                "live_decision_id, live_node_id and live_hardware are given together or not at all",
+            )
+        return hardware
+
     @field_validator("preempted_attempt")
     @classmethod
     def _preempted_fields_match_kind(cls, attempt: int | None, info: ValidationInfo) -> int | None:
@@ -145,7 +187,7 @@ class DecisionAudit(EventEnvelope):
                 "preempt_without_victim",
                 "a preemption audit needs preempted_task_id and preempted_attempt",
             )
-        if info.data["kind"] == "assign" and any(given):
+        if info.data["kind"] != "preempt" and any(given):
             fail(
                 "assign_with_victim",
                 'preempted_task_id and preempted_attempt need kind="preempt"',

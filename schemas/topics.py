@@ -15,6 +15,8 @@ TASK_EVENTS = "sched.tasks.events"
 DECISIONS = "sched.decisions"
 COMMANDS = "sched.commands"
 DEAD_LETTER = "sched.deadletter"
+#: Learned-model checkpoints and model events (drift), one partition, keyed by model name.
+MODELS = "sched.models"
 
 #: Topics that exist from the start (assignment topics appear with their hardware class).
 CORE_TOPICS: tuple[str, ...] = (
@@ -25,11 +27,15 @@ CORE_TOPICS: tuple[str, ...] = (
     DECISIONS,
     COMMANDS,
     DEAD_LETTER,
+    MODELS,
 )
 
 #: Partitions of the core topics when streamsched creates them (the dead-letter topic has
-#: one: it is an ordered record of bad input, not a work queue).
-CORE_TOPIC_PARTITIONS: dict[str, int] = {t: 1 if t == DEAD_LETTER else 4 for t in CORE_TOPICS}
+#: one: it is an ordered record of bad input, not a work queue; so has the models topic:
+#: a reader reads it whole, in order, to find the newest checkpoint).
+CORE_TOPIC_PARTITIONS: dict[str, int] = {
+    t: 1 if t in (DEAD_LETTER, MODELS) else 4 for t in CORE_TOPICS
+}
 
 __all__ = [
     "COMMANDS",
@@ -38,6 +44,7 @@ __all__ = [
     "DATA_INGESTED",
     "DEAD_LETTER",
     "DECISIONS",
+    "MODELS",
     "NODE_HEARTBEATS",
     "TASKS_SUBMITTED",
     "TASK_EVENTS",

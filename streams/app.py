@@ -17,6 +17,14 @@ with headers ``error.field``, ``error.reason``, ``source.topic``, ``source.parti
 placement agent dead-letters those). The status view is served by faust's web server on
 127.0.0.1 (see :func:`create_app` for the routes). One processor instance per cluster:
 the web view reads every partition of the tables from the local worker.
+
+Learned models (``streams/models.py``): before consuming, the processor restores its
+models from the newest valid checkpoints on ``sched.models`` (unless
+``restore_models=False``); the task agent feeds every task status change to the
+:class:`~.models.ModelHub` (arrivals, completions to learn); checkpoints are published to
+``sched.models`` (keyed by model name) every ``checkpoint_every`` completions learned,
+every ``checkpoint_interval_s`` while something changed, and on a clean stop; drift events
+(``model.drift``) go to the same topic. ``GET /models`` shows them.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from ..schemas.data import DataIngested
 from ..schemas.errors import PAYLOAD_FIELD, InvalidEvent
 from ..schemas.hardware import hardware_named_in
 from ..schemas.nodes import NodeHeartbeat
+from . import models as md
 from . import state as st
 from . import triggers as tr
 from .kafka_config import faust_broker_settings
@@ -59,6 +68,8 @@ TASK_TOPICS: Final = (topics.TASKS_SUBMITTED, topics.DECISIONS, topics.TASK_EVEN
 TICK_INTERVAL_S: Final = 1.0
 #: How often the consumer-lag gauge is refreshed, seconds.
 LAG_INTERVAL_S: Final = 5.0
+#: How often the model timer publishes drift events and checks for a timed checkpoint.
+MODELS_INTERVAL_S: Final = 1.0
 #: Largest ``limit`` of ``GET /tasks``.
 MAX_LIMIT: Final = 1000
 #: "Now" used to decode inputs: the status view records what happened, so a replayed
@@ -80,6 +91,14 @@ class ProcessorConfig:
     #: Called with the status URL once the web server accepts connections.
     on_web_ready: Callable[[str], None] | None = None
     extra_app_settings: Mapping[str, Any] = field(default_factory=dict)
+    #: Topic of the learned models' checkpoints and events.
+    models_topic: str = topics.MODELS
+    #: Restore the models from ``models_topic`` at start (False: start cold).
+    restore_models: bool = True
+    #: Completions learned between checkpoints.
+    checkpoint_every: int = 50
+    #: Longest time between checkpoints while a model changed, seconds.
+    checkpoint_interval_s: float = 60.0
 
     @property
     def ticks_topic(self) -> str:
@@ -106,6 +125,7 @@ class Processor:
         datasets: Any,
         trigger_table: Any,
         clock: Callable[[], float] = time.time,
+        hub: md.ModelHub | None = None,
     ) -> None:
         self.rules = rules
         self.tasks = tasks
@@ -113,6 +133,7 @@ class Processor:
         self.datasets = datasets
         self.trigger_table = trigger_table
         self.clock = clock
+        self.hub = hub if hub is not None else md.ModelHub()
         self.known_hardware: set[str] = set()
         #: Undecodable records skipped, by topic (shown on /summary).
         self.skipped: Counter[str] = Counter()
@@ -152,6 +173,7 @@ class Processor:
         if new is None or new is old:
             return old
         self.tasks[task_id] = new.to_json()
+        self.hub.observe_task(old, new, event)
         if st.became_terminal(old, new):
             metrics.TASK_OUTCOMES.labels(new.state.value, new.hardware or "").inc()
         observed = st.forecast_observation(old, new)
@@ -167,6 +189,24 @@ class Processor:
     def task(self, task_id: str) -> st.TaskStatus | None:
         return st.load_task(self.tasks.get(task_id))
 
+    def predict(self, task_id: str, hardware: str) -> dict[str, Any] | None:
+        """The runtime model's prediction for a known task on ``hardware`` (None if the
+        task or its submission is unknown)."""
+        status = self.task(task_id)
+        spec = None if status is None else md.spec_from_status(status)
+        if spec is None:
+            return None
+        model = self.hub.runtime
+        return {
+            "task_id": task_id,
+            "hardware": hardware,
+            "predicted_s": self.hub.predict(spec, hardware),
+            "range_s": list(model.predict_range(spec, hardware))
+            if hasattr(model, "predict_range")
+            else None,
+            "model_version": model.version,
+        }
+
     def all_tasks(self) -> list[st.TaskStatus]:
         return [st.TaskStatus.model_validate(v) for v in list(self.tasks.values())]
 
@@ -178,6 +218,7 @@ class Processor:
         new = st.apply_heartbeat(old, hb)
         if new is not old:
             self.nodes[hb.node_id] = new.to_json()
+            self.hub.observe_heartbeat(hb.node_id, hb.occurred_at.timestamp())
 
     # ------------------------------------------------------------------ data, triggers
 
@@ -282,7 +323,7 @@ def prepare_topics(cfg: ProcessorConfig) -> dict[str, int]:
         topics.CORE_TOPIC_PARTITIONS,
     )
     data_n = topic_partitions(cfg.kafka_config, (topics.DATA_INGESTED,))[topics.DATA_INGESTED]
-    ensure_topics(cfg.kafka_config, {cfg.ticks_topic: data_n})
+    ensure_topics(cfg.kafka_config, {cfg.ticks_topic: data_n, cfg.models_topic: 1})
     counts = topic_partitions(
         cfg.kafka_config,
         (*TASK_TOPICS, topics.NODE_HEARTBEATS, topics.DATA_INGESTED, cfg.ticks_topic),
@@ -303,7 +344,14 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
     - ``GET /tasks?state=&tenant=&limit=``: most recently updated tasks first (limit
       default 50, at most 1000);
     - ``GET /summary``: task counts per state and per hardware class, nodes, triggers;
-    - ``GET /nodes``, ``GET /datasets``, ``GET /triggers``: the other tables.
+    - ``GET /nodes``, ``GET /datasets``, ``GET /triggers``: the other tables;
+    - ``GET /models?ring=N``: the learned models (versions, checkpoints, restored-from,
+      drift, prequential errors and the newest N of the error ring, default all);
+    - ``GET /models/predict?task_id=&hardware=``: the runtime model's prediction for a
+      known task.
+
+    Builds the :class:`~.models.ModelHub` first, restoring it from ``cfg.models_topic``
+    (reads Kafka) unless ``cfg.restore_models`` is False.
     """
     import faust
     from faust.web import View
@@ -340,7 +388,9 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
         table("nodes", partitions["nodes"]),
         table("datasets", partitions["data"]),
         table("triggers", partitions["data"]),
+        hub=start_models(cfg),
     )
+    saver = ModelSaver(cfg, proc.hub)
 
     def raw_topic(*names: str) -> Any:
         return app.topic(*names, key_serializer="raw", value_serializer="raw")
@@ -367,6 +417,8 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
                 proc.skip(topic, exc)
                 continue
             proc.on_task_event(decoded)
+            if proc.hub.checkpoint_due(proc.clock()):
+                await saver.save()
 
     @app.agent(raw_topic(topics.NODE_HEARTBEATS))
     async def node_agent(stream: Any) -> None:
@@ -421,6 +473,19 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
 
     app.timer(interval=LAG_INTERVAL_S)(report_lag)
 
+    async def save_models() -> None:
+        """Publish pending drift events, and checkpoints when due (time-based)."""
+        await saver.save(checkpoint=proc.hub.checkpoint_due(proc.clock()))
+
+    app.timer(interval=MODELS_INTERVAL_S)(save_models)
+
+    async def save_models_on_stop(app: Any, **kwargs: Any) -> None:
+        """After the consumer stopped: checkpoint whatever changed."""
+        saver.save_sync(checkpoint=True)
+        saver.close()
+
+    app.on_before_shutdown.connect(save_models_on_stop)  # type: ignore[arg-type]
+
     async def announce() -> None:
         await _wait_for_port(cfg.web_bind, cfg.web_port)
         url = cfg.status_url
@@ -431,6 +496,106 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
     app.task(announce)
     _add_views(app, proc, View)
     return app, proc
+
+
+def start_models(cfg: ProcessorConfig) -> md.ModelHub:
+    """A :class:`~.models.ModelHub` for ``cfg``, restored from ``cfg.models_topic`` unless
+    ``cfg.restore_models`` is False. Runs before the app consumes anything."""
+    hub = md.ModelHub(
+        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_interval_s=cfg.checkpoint_interval_s,
+        source=f"processor/{cfg.app_id}",
+    )
+    if not cfg.restore_models:
+        hub.restore_mode = "off"
+        logger.info("models start cold: restore disabled")
+        return hub
+    hub.restore(md.read_model_records(cfg.kafka_config, cfg.models_topic))
+    return hub
+
+
+class ModelSaver:
+    """Publishes the hub's drift events and checkpoints to ``cfg.models_topic`` with a
+    confluent-kafka producer (each record flushed: a checkpoint counts only once the
+    broker has it). Encoding happens on the event loop (the models are not touched
+    concurrently); producing and flushing in a thread."""
+
+    def __init__(self, cfg: ProcessorConfig, hub: md.ModelHub) -> None:
+        self.cfg = cfg
+        self.hub = hub
+        self._producer: Any = None
+
+    async def save(self, *, checkpoint: bool = True) -> None:
+        records = self._collect(checkpoint)
+        if records[0] or records[1]:
+            await asyncio.to_thread(self._publish, *records)
+
+    def save_sync(self, *, checkpoint: bool = True) -> None:
+        self._publish(*self._collect(checkpoint))
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+    def _collect(self, checkpoint: bool) -> tuple[list[Any], list[md.CheckpointRecord]]:
+        now = self.hub_now()
+        drifts = self.hub.take_drift_events(datetime.fromtimestamp(now, UTC))
+        return drifts, self.hub.checkpoint(now) if checkpoint else []
+
+    def hub_now(self) -> float:
+        return time.time()
+
+    def _publish(self, drifts: list[Any], checkpoints: list[md.CheckpointRecord]) -> None:
+        from confluent_kafka import Producer
+
+        if not drifts and not checkpoints:
+            return
+        if self._producer is None:
+            self._producer = Producer({**dict(self.cfg.kafka_config), "linger.ms": 0})
+        failed: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                failed.append(str(err))
+
+        topic = self.cfg.models_topic
+        for ev in drifts:
+            self._producer.produce(
+                topic,
+                key=ev.model.encode(),
+                value=codec.encode(ev),
+                headers=[("type", ev.type.encode())],
+                on_delivery=delivered,
+            )
+        for record in checkpoints:
+            self._producer.produce(
+                topic,
+                key=record.model.encode(),
+                value=record.data,
+                headers=record.headers(),
+                on_delivery=delivered,
+            )
+            self._producer.flush(30)
+        left = self._producer.flush(30)
+        if failed or left:
+            self.hub.checkpoint_failed(checkpoints)
+            logger.error(
+                "model records not published to %s: %s",
+                topic,
+                "; ".join(failed) or f"{left} still queued",
+            )
+            return
+        for record in checkpoints:
+            metrics.MODEL_CHECKPOINTS.labels(record.model).inc()
+            logger.info(
+                "checkpoint of model %s version %d (%s, %d bytes) published to %s",
+                record.model,
+                record.version,
+                record.model_version,
+                len(record.data),
+                topic,
+            )
 
 
 async def _dead_letter(topic: Any, msg: Any, raw: bytes, exc: InvalidEvent) -> None:
@@ -493,6 +658,26 @@ def _add_views(app: Any, proc: Processor, view: Any) -> None:
     class SummaryView(view):  # type: ignore[misc]
         async def get(self, request: Any) -> Any:
             return self.json(proc.summary())
+
+    @app.page("/models")
+    class ModelsView(view):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            raw = request.query.get("ring") or ""
+            if raw and not raw.isdigit():
+                return error(self, 400, f"ring={raw!r}: expected a number of entries >= 0")
+            return self.json(proc.hub.view(int(raw) if raw else None))
+
+    @app.page("/models/predict")
+    class PredictView(view):  # type: ignore[misc]
+        async def get(self, request: Any) -> Any:
+            task_id = request.query.get("task_id") or ""
+            hardware = request.query.get("hardware") or ""
+            if not task_id or not hardware:
+                return error(self, 400, "expected query parameters task_id and hardware")
+            answer = proc.predict(task_id, hardware)
+            if answer is None:
+                return error(self, 404, f"task {task_id!r}: not known, or its submission not seen")
+            return self.json(answer)
 
     @app.page("/nodes")
     class NodesView(view):  # type: ignore[misc]

@@ -54,6 +54,9 @@ RECENT_EVENT_IDS: Final = 64
 STALE_KEPT: Final = 20
 #: ``data.ingested`` event ids remembered per dataset for deduplication.
 RECENT_INGESTS: Final = 1024
+#: Submission fields kept in ``TaskStatus.spec``: what the learned models need to rebuild
+#: the task's features (see ``streams/models.py``), not its command or environment.
+SPEC_FIELDS: Final = frozenset({"task_type", "tenant", "resources", "declared_work"})
 
 
 class TaskState(enum.StrEnum):
@@ -100,7 +103,8 @@ class TaskStatus(_Record):
 
     ``attempt`` is the highest attempt seen (0 before any assignment); ``node``,
     ``hardware``, the decision fields, ``started_at`` and ``actual_runtime_s`` describe that
-    attempt. ``retries`` counts retryable failures that re-queued the task.
+    attempt. ``retries`` counts retryable failures that re-queued the task. ``spec`` is the
+    submission's :data:`SPEC_FIELDS` as JSON (None until the submission is seen).
     """
 
     task_id: str
@@ -130,6 +134,7 @@ class TaskStatus(_Record):
     stale_count: int = 0
     stale_events: tuple[StaleEvent, ...] = ()
     recent_event_ids: tuple[str, ...] = ()
+    spec: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -213,6 +218,7 @@ def _submitted(st: TaskStatus, ev: TaskSubmitted) -> TaskStatus:
         "depends_on": ev.depends_on,
         "max_retries": ev.max_retries,
         "submitted_at": ev.occurred_at,
+        "spec": ev.model_dump(mode="json", include=set(SPEC_FIELDS)),
     }
     if st.state == TaskState.SUBMITTED and st.attempt == 0:
         update["state"] = TaskState.SUBMITTED if ev.depends_on else TaskState.QUEUED
@@ -242,7 +248,9 @@ def _decision_fields(ev: DecisionAudit) -> dict[str, Any]:
 
 def _audit(st: TaskStatus, ev: DecisionAudit) -> TaskStatus:
     if getattr(ev, "kind", "assign") != "assign":
-        return st  # a preemption audit: the victim's executor reports task.preempted
+        # A preemption audit (the victim's executor reports task.preempted), or a shadow
+        # policy's would-be placement (never executed): neither moves the task.
+        return st
     if ev.attempt == st.attempt and st.decision_id is None:
         # The executor's events of this attempt came first: fill in the decision only.
         return st.model_copy(update={**_decision_fields(ev), "assigned_at": ev.occurred_at})

@@ -309,6 +309,17 @@ def test_heartbeat_maps_to_node_up_with_capacity() -> None:
 
 NON_STIMULI: list[wire_schemas.Event] = [
     wire_schemas.TaskCancelled(**ATTEMPT, reason="cancelled by user"),
+    wire_schemas.ModelDrift(
+        **WIRE,
+        model="river-linear+drift",
+        key="gpu-v100",
+        model_version="river-linear@90",
+        error_before=0.2,
+        error_after=0.7,
+        observations=90,
+        window=40,
+        adapted=True,
+    ),
     wire_schemas.TaskEnded(**WIRE, task_id="t-1", state="failed", attempt=3, reason="x"),
     wire_schemas.DataIngested(
         **WIRE, dataset="imagenet", rows=10, bytes=1000, location="s3://bucket/key"
@@ -782,12 +793,14 @@ def test_policy_update_switches_the_policy_named_in_later_audits() -> None:
     assert (audit.policy, audit.policy_version) == ("best-fit", "best-fit/1+max_scan=32")
 
 
-def test_unsupported_policy_update_is_rejected_with_a_reason() -> None:
+def test_an_invalid_policy_update_is_rejected_with_a_reason() -> None:
     core = placement_core()
-    update = wire_schemas.PolicyUpdate(**WIRE, event_id="w-ab", policy="fifo", split_ratio=0.5)
+    update = wire_schemas.PolicyUpdate(
+        **WIRE, event_id="w-ab", policy="fifo", split_ratio=0.5, shadow_policy="oracle"
+    )
     (rejected,) = run(core, update, now_s=T0.timestamp())
     assert isinstance(rejected, PolicyRejected)
-    assert "split_ratio=0.5 is not supported yet" in rejected.reason
+    assert "oracle" in rejected.reason
     assert core.policy.name == "forecast"
     assert wire_from_instruction(rejected, submissions={}, occurred_at=T0, source="p") is None
 

@@ -22,6 +22,7 @@ from streamsched.schemas import (
     DecisionCandidate,
     EventEnvelope,
     InvalidEvent,
+    ModelDrift,
     NodeHeartbeat,
     NodeResources,
     PolicyUpdate,
@@ -163,6 +164,17 @@ EXAMPLES: list[EventEnvelope] = [
         state="cancelled",
         attempt=0,
         reason="upstream task t-3 failed",
+    ),
+    ModelDrift(
+        **ENV,
+        model="river-linear+drift",
+        key="gpu-v100",
+        model_version="river-linear@812",
+        error_before=0.21,
+        error_after=0.74,
+        observations=812,
+        window=64,
+        adapted=True,
     ),
 ]
 
@@ -639,7 +651,7 @@ def test_preempt_audit_round_trips_and_matches_the_exported_schema(
         (_set("preempted_attempt", None), "needs preempted_task_id and preempted_attempt"),
         (_drop("preempted_task_id"), "needs preempted_task_id and preempted_attempt"),
         (_set("kind", "assign"), 'need kind="preempt"'),
-        (_set("kind", "evict"), "'assign' or 'preempt'"),
+        (_set("kind", "evict"), "'assign', 'preempt' or 'shadow'"),
         (_set("preempted_attempt", 0), "greater than or equal to 1"),
     ],
 )

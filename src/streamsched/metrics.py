@@ -158,6 +158,83 @@ DEAD_LETTERED = Counter(
 )
 
 
+# --------------------------------------------------------------------- processor: learned models
+# (streams/models.py: runtime model learning, drift, load forecasts, checkpoints)
+MODEL_PREQUENTIAL_LOG_ERROR = Histogram(
+    "streamsched_model_prequential_log_error",
+    "Delayed progressive validation of the processor's runtime model: |log(predicted / "
+    "actual)| of each completion it learns from, predicted just before learning it, by "
+    "hardware class.",
+    ["hardware"],
+    buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0),
+)
+MODEL_PREQUENTIAL_ERROR = Histogram(
+    "streamsched_model_prequential_error_seconds",
+    "Delayed progressive validation of the processor's runtime model: |predicted - actual| "
+    "seconds of each completion it learns from, by hardware class.",
+    ["hardware"],
+    buckets=(1, 10, 60, 300, 900, 1800, 3600, 7200, 21600, 86400, 259200),
+)
+MODEL_DRIFT = Counter(
+    "streamsched_model_drift_total",
+    "Drifts detected in a learned model's forecast errors, by model name and key (the "
+    "hardware class for the runtime model).",
+    ["model", "key"],
+)
+MODEL_CHECKPOINTS = Counter(
+    "streamsched_model_checkpoints_total",
+    "Model checkpoints published to sched.models, by model name.",
+    ["model"],
+)
+MODEL_CHECKPOINTS_SKIPPED = Counter(
+    "streamsched_model_checkpoints_skipped_total",
+    "Checkpoints on sched.models not restored because they failed a check, by model name "
+    "('unknown' when unreadable) and reason (truncated, checksum, format, format-version, "
+    "not-a-checkpoint, wrong-model, wrong-type, unpickle, corrupt).",
+    ["model", "reason"],
+)
+LOAD_FORECAST = Gauge(
+    "streamsched_load_forecast_tasks",
+    "Predicted task arrivals in the next load bucket (10 minutes by default), by hardware "
+    "class named by the submissions ('any' when they name none).",
+    ["hardware"],
+)
+
+
+# --------------------------------------------------------------------- placement: shadow mode
+# (scheduler/shadow.py; counted by agents/placement.py from ShadowAssign instructions)
+SHADOW_DECISIONS = Counter(
+    "streamsched_shadow_decisions_total",
+    "Would-be placements of the shadow policy (decision.audit kind=shadow, never executed), "
+    "by shadow policy name.",
+    ["policy"],
+)
+SHADOW_AGREEMENT = Counter(
+    "streamsched_shadow_agreement_total",
+    "Shadow decisions by how they compare with the live decision of the same cycle: "
+    "same_node, same_hardware (another node of the same class), different, live_waited (the "
+    "live policy did not place the task in that cycle).",
+    ["agree"],
+)
+
+
+# --------------------------------------------------------------------- placement: risk, load
+# (scheduler/failure.py and the core's load forecasters; set by agents/placement.py's gauge
+# refresh. Per-node risk stays out of labels: it is in the decision audit.)
+PLACEMENT_LOAD_FORECAST_GPUS = Gauge(
+    "streamsched_load_forecast_gpus",
+    "The placement core's predicted GPU demand of the load bucket in progress (10 minutes "
+    "by default), by hardware class: what low-priority deferral compares with free GPUs.",
+    ["hardware"],
+)
+NODE_FAILURE_RISK_MAX = Gauge(
+    "streamsched_node_failure_risk_max",
+    "Highest node failure risk (0..1, learned from heartbeat gaps, lost and failed "
+    "attempts) among the registered nodes of each hardware class.",
+    ["hardware"],
+)
+
+
 def serve(port: int = 0, addr: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> int:
     """Serve ``registry`` at ``http://addr:port/metrics`` from a daemon thread; return the
     port actually bound (``port=0`` picks a free one). Raises OSError if it is taken."""
@@ -192,10 +269,20 @@ __all__ = [
     "FORECAST_ERROR",
     "FORECAST_RELATIVE_ERROR",
     "HEARTBEATS",
+    "LOAD_FORECAST",
+    "MODEL_CHECKPOINTS",
+    "MODEL_CHECKPOINTS_SKIPPED",
+    "MODEL_DRIFT",
+    "MODEL_PREQUENTIAL_ERROR",
+    "MODEL_PREQUENTIAL_LOG_ERROR",
+    "NODE_FAILURE_RISK_MAX",
+    "PLACEMENT_LOAD_FORECAST_GPUS",
     "QUEUED_TASKS",
     "QUEUE_DEPTH",
     "REASSIGNMENTS",
     "RUNNING_TASKS",
+    "SHADOW_AGREEMENT",
+    "SHADOW_DECISIONS",
     "SUBMISSIONS",
     "SUBMIT_TO_ASSIGNED",
     "TASK_OUTCOMES",

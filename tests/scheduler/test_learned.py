@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from streamsched.scheduler.forecasting import DEFAULT_RUNTIME_S
+from streamsched.scheduler.checkpoint import CheckpointError, decode, encode
+from streamsched.scheduler.forecasting import DEFAULT_RUNTIME_S, RunningMeanForecaster
 from streamsched.scheduler.learned import RiverRuntimeForecaster, features
 from streamsched.scheduler.model import TaskSpec
 from streamsched.testing import task
@@ -65,8 +66,8 @@ def test_seen_pairs_scale_with_declared_work() -> None:
     assert small == pytest.approx(RATE["bert"] * 100.0, rel=0.05)
 
 
-def test_interval_covers_most_true_runtimes_and_contains_the_estimate() -> None:
-    model = _fed(RiverRuntimeForecaster(quantile=0.1))
+def test_interval_is_one_typical_error_wide_and_contains_the_estimate() -> None:
+    model = _fed(RiverRuntimeForecaster())
     covered, held_out = 0, _stream(seed=99, n=300)
     for spec, hw, seconds in held_out:
         low, mid, high = model.predict_range(spec, hw)
@@ -74,8 +75,8 @@ def test_interval_covers_most_true_runtimes_and_contains_the_estimate() -> None:
         assert mid == model.predict(spec, hw)
         covered += low <= seconds <= high
         model.learn(spec, hw, seconds)
-    # Residual quantiles 0.1 .. 0.9: roughly 80% coverage on the same distribution.
-    assert 0.6 <= covered / len(held_out) <= 0.97
+    # estimate / exp(mean |log error|) .. estimate * exp(...): about 58% of Gaussian noise.
+    assert 0.45 <= covered / len(held_out) <= 0.75
 
 
 def test_interval_is_wider_for_a_type_never_seen() -> None:
@@ -124,3 +125,45 @@ def test_rejects_bad_hyper_parameters() -> None:
         RiverRuntimeForecaster(alpha=0.0)
     with pytest.raises(ValueError, match="quantile"):
         RiverRuntimeForecaster(quantile=0.5)
+
+
+def test_known_types_are_answered_by_the_per_pair_statistics() -> None:
+    model, simple = _fed(RiverRuntimeForecaster()), RunningMeanForecaster()
+    for spec, hw, seconds in _stream(7, 400):
+        simple.learn(spec, hw, seconds)
+    for spec, _, _ in _stream(seed=5, n=20):
+        for hw in ("v100", "p100", "k80"):
+            assert model.predict_range(spec, hw) == simple.predict_range(spec, hw)
+
+
+def test_a_new_type_gets_rivers_estimate_when_it_is_below_the_cold_guess() -> None:
+    """Tenant "small" runs 10 s jobs, "big" 10,000 s ones, of many types and no declared
+    work. A new type of tenant "small": the simple estimator's cold guess is the geometric
+    mean runtime (~316 s); River's regression knows the tenant effect."""
+    model, simple = RiverRuntimeForecaster(), RunningMeanForecaster()
+    for i in range(200):
+        tenant = "small" if i % 2 else "big"
+        seconds = 10.0 if tenant == "small" else 10_000.0
+        spec = task(f"t{i}", f"type{i % 20}", tenant=tenant, gpus=1)
+        for m in (model, simple):
+            m.learn(spec, "v100", seconds)
+    new = task("n", "never-seen", tenant="small", gpus=1)
+    assert simple.predict(new, "v100") > 100.0
+    # Within 2x of the truth (ridge shrinkage and the type-blind blend pull it up a little).
+    assert 5.0 < model.predict(new, "v100") < 20.0
+    low, mid, high = model.predict_range(new, "v100")
+    assert 0 < low <= mid <= high
+    # Never above the cold guess, even for the "big" tenant.
+    big = task("m", "never-seen", tenant="big", gpus=1)
+    assert model.predict(big, "v100") <= simple.predict(big, "v100")
+
+
+def test_a_checkpoint_of_the_previous_revision_is_refused() -> None:
+    old = _fed(RiverRuntimeForecaster())
+    del old.__dict__["_revision"]  # the state a revision-1 model pickled
+    with pytest.raises(CheckpointError, match="revision 1 cannot be loaded by revision 2"):
+        decode(encode(old, created_at_s=0.0), expect_name="river-linear")
+    current = _fed(RiverRuntimeForecaster())
+    probe = task("p", "vit", gpus=1, work=10.0)
+    restored = decode(encode(current, created_at_s=0.0), expect_name="river-linear")
+    assert restored.predict_range(probe, "p100") == current.predict_range(probe, "p100")

@@ -22,6 +22,7 @@ from . import (
     live,
     processor_cmd,
     schemas_cmd,
+    shadow_cmd,
     tasks_cmd,
     up_cmd,
 )
@@ -48,6 +49,7 @@ app.command("processor")(processor_cmd.processor)
 app.command("placement")(live.placement)
 app.command("executor")(executor_cmd.executor)
 app.command("broker")(live.broker)
+app.command("shadow-report")(shadow_cmd.shadow_report)
 # Offline: simulation, schemas, benchmarks.
 app.command("simulate")(simulate)
 app.add_typer(schemas_cmd.app, name="schemas")

@@ -42,8 +42,27 @@ def processor(
         str, typer.Option(help="faust app id: consumer group and table topic prefix.")
     ] = "streamsched-processor",
     loglevel: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    restore: Annotated[
+        bool,
+        typer.Option(
+            "--restore/--no-restore",
+            help="Restore the learned models from the newest valid checkpoints on the models "
+            "topic at start (--no-restore: start them cold).",
+        ),
+    ] = True,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Checkpoint the models every N completions learned.")
+    ] = 50,
+    checkpoint_interval: Annotated[
+        float,
+        typer.Option(min=0.1, help="Checkpoint changed models at least every S seconds."),
+    ] = 60.0,
+    models_topic: Annotated[
+        str, typer.Option(help="Topic of the model checkpoints and drift events.")
+    ] = "sched.models",
 ) -> None:
-    """Run the stream processor: the task status view, node and dataset state, triggers."""
+    """Run the stream processor: the task status view, node and dataset state, triggers,
+    and the learned models (restored at start, checkpointed to the models topic)."""
     from streamsched.streams.app import ProcessorConfig, run
     from streamsched.streams.triggers import TriggerRule, load_rules
 
@@ -51,6 +70,8 @@ def processor(
         fail(f"--app-id {app_id!r}: expected letters, digits, '_', '.', '-' (1..101)")
     if loglevel.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--loglevel {loglevel!r}: expected debug, info, warning or error")
+    if not _APP_ID.match(models_topic):
+        fail(f"--models-topic {models_topic!r}: expected letters, digits, '_', '.', '-'")
     rules: tuple[TriggerRule, ...] = ()
     if triggers is not None:
         with cli_errors("--triggers"):
@@ -66,7 +87,15 @@ def processor(
         typer.echo(f"status view on {url}")
 
     cfg = ProcessorConfig(
-        kafka_config=config, web_port=web_port, rules=rules, app_id=app_id, on_web_ready=ready
+        kafka_config=config,
+        web_port=web_port,
+        rules=rules,
+        app_id=app_id,
+        on_web_ready=ready,
+        models_topic=models_topic,
+        restore_models=restore,
+        checkpoint_every=checkpoint_every,
+        checkpoint_interval_s=checkpoint_interval,
     )
     try:
         with cli_errors():

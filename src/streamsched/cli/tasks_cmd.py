@@ -294,7 +294,11 @@ class _DecisionWatcher:
                 if msg is None or msg.error() is not None or msg.key() != task_id.encode():
                     continue
                 event = codec.decode(msg.value() or b"")
-                if isinstance(event, DecisionAudit) and event.task_id == task_id:
+                if (
+                    isinstance(event, DecisionAudit)
+                    and event.kind == "assign"
+                    and event.task_id == task_id
+                ):
                     typer.echo(
                         f"assigned to {event.chosen_node_id} ({event.chosen_hardware}), "
                         f"predicted {event.predicted_runtime_s:.0f} s; "
