@@ -70,6 +70,7 @@ from streamsched.scheduler.convert import (
     wire_records_from_instruction,
 )
 from streamsched.scheduler.core import CoreConfig, SchedulerCore
+from streamsched.scheduler.forecasting import RuntimeForecaster
 from streamsched.scheduler.instructions import (
     Assign,
     DeadlineInfeasible,
@@ -288,6 +289,10 @@ class PlacementAgent:
     partitions without a committed offset start at their end instead of their beginning
     (for benchmarks on a cluster with history).
 
+    ``forecaster`` replaces the policy's fresh forecaster, e.g. with one restored from
+    the stream processor's newest checkpoint (a warm start; see ``streamsched
+    placement --warm-start``).
+
     ``submissions`` holds the wire submission of each task the core still needs it for
     (assignments copy its command and env); an entry is dropped as soon as the core has
     the task in a terminal state or refused it, so memory follows the live tasks only.
@@ -296,7 +301,7 @@ class PlacementAgent:
     def __init__(
         self,
         config: Mapping[str, Any],
-        policy: str = "forecast",
+        policy: str = "forecast-river",
         decision_prefix: str = "d",
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.time,
@@ -306,6 +311,7 @@ class PlacementAgent:
         replay_lateness_s: float = REPLAY_LATENESS_S,
         group_id: str = GROUP_ID,
         start_at_end: bool = False,
+        forecaster: RuntimeForecaster | None = None,
     ) -> None:
         if not tick_s > 0:
             raise ValueError(f"tick must be positive, got {tick_s}")
@@ -334,7 +340,7 @@ class PlacementAgent:
         self.source = f"placement:{decision_prefix}"
         self.core = SchedulerCore(
             get_policy(policy),
-            forecaster_for(get_policy(policy)),
+            forecaster if forecaster is not None else forecaster_for(get_policy(policy)),
             CoreConfig(
                 decision_prefix=decision_prefix,
                 heartbeat_timeout_s=heartbeat_timeout_s,

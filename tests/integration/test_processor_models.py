@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 from streamsched.broker import client_config, free_port
+from streamsched.cli.live import warm_forecaster
 from streamsched.client import Client
 from streamsched.scheduler.checkpoint import read_header
 from streamsched.schemas import topics
@@ -166,6 +167,12 @@ def test_models_survive_a_processor_restart_and_a_corrupt_checkpoint_is_skipped(
     version, newest = _newest_runtime_checkpoint(kafka_bootstrap)
     assert version >= 2  # every 5 completions, and on stop
     assert read_header(newest).model_version == view["models"][RUNTIME_MODEL]["model_version"]
+
+    # The placement agent warm-starts its learned runtime model from that checkpoint.
+    warm = warm_forecaster(client_config(kafka_bootstrap), "forecast-river")
+    assert warm is not None
+    assert warm.version == read_header(newest).model_version
+    assert warm_forecaster(client_config(kafka_bootstrap), "forecast") is None  # no model
 
     # A newer record that is corrupt (one payload byte flipped): must be skipped, not loaded.
     corrupt = bytearray(newest)

@@ -91,15 +91,15 @@ def test_up_replays_a_small_trace_and_every_task_ends_once(tmp_path: Path) -> No
     assert started <= audited
     # The report: the format of `simulate --json`, live and simulated.
     data = json.loads(report.read_text())
-    assert set(data) == {"forecast", "forecast@simulated"}
-    live = data["forecast"]
+    assert set(data) == {"forecast-river", "forecast-river@simulated"}
+    live = data["forecast-river"]
     assert live["meta"]["terminal"] == live["meta"]["tasks"] == JOBS
     assert live["meta"]["duplicate_completions"] == 0
     assert live["jobs"] + live["rejected"] == JOBS
     assert live["avg_jct_s"] > 0
     assert 0 <= live["meta"]["agreement"]["same_hardware"] <= JOBS
-    assert "forecast (live)" in done.stdout
-    assert "forecast (simulated)" in done.stdout
+    assert "forecast-river (live)" in done.stdout
+    assert "forecast-river (simulated)" in done.stdout
 
 
 def _descendants(pid: int) -> set[int]:
@@ -154,7 +154,7 @@ def test_ctrl_c_stops_up_and_every_component_cleanly(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 1, err
     assert "Traceback" not in err
-    assert "forecast (live)" in out
+    assert "forecast-river (live)" in out
     assert "(interrupted)" in out
     left = [pid for pid in family if _alive(pid)]
     assert left == [], f"processes left behind: {left}"

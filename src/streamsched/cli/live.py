@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from confluent_kafka import KafkaException
@@ -85,7 +85,7 @@ def broker(
 
 
 def placement(
-    policy: Annotated[str, typer.Option(help="Placement policy.")] = "forecast",
+    policy: Annotated[str, typer.Option(help="Placement policy.")] = "forecast-river",
     decision_prefix: Annotated[
         str, typer.Option(help="Prefix of decision ids (unique per agent instance).")
     ] = "d",
@@ -111,6 +111,13 @@ def placement(
     replay_speedup: Annotated[
         float, typer.Option(hidden=True, help="Replay: trace seconds per wall second (> 0).")
     ] = 1.0,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            help="Start the learned runtime model from the stream processor's newest valid "
+            "checkpoint on sched.models (policies with a learned model; never in a replay).",
+        ),
+    ] = True,
 ) -> None:
     """Run the placement agent: live events in, assignments and audit records out."""
     import math
@@ -125,10 +132,16 @@ def placement(
     if replay_start is not None and not math.isfinite(replay_start):
         fail(f"--replay-start {replay_start:g}: must be finite epoch seconds")
     servers, settings = require_bootstrap("placement agent")
+    config = client_config(servers, settings)
+    forecaster = None
+    if warm_start and replay_start is None:
+        with cli_errors("--warm-start"):
+            forecaster = warm_forecaster(config, policy)
     with cli_errors():
         agent = PlacementAgent(
-            client_config(servers, settings),
+            config,
             policy=policy,
+            forecaster=forecaster,
             decision_prefix=decision_prefix,
             heartbeat_timeout_s=heartbeat_timeout_s,
             replay_start=replay_start,
@@ -139,3 +152,26 @@ def placement(
             bound = metrics.serve(metrics_port)
         typer.echo(f"metrics: http://127.0.0.1:{bound}/metrics")
     run_until_signalled(agent.run, "placement agent")
+
+
+def warm_forecaster(config: dict[str, Any], policy: str) -> Any:
+    """The processor's newest valid runtime-model checkpoint, if ``policy`` runs the learned
+    model and one exists (else None: the policy's own forecaster starts cold). Says which
+    on stderr."""
+    from streamsched.scheduler.drift import DriftingForecaster
+    from streamsched.scheduler.policies import get_policy
+    from streamsched.streams.models import RUNTIME_MODEL, newest_checkpoint
+
+    if get_policy(policy).forecaster != "river-linear":
+        return None
+    found = newest_checkpoint(config, RUNTIME_MODEL, expect_type=DriftingForecaster)
+    if found is None:
+        typer.echo(f"runtime model: no valid {RUNTIME_MODEL} checkpoint yet; cold start", err=True)
+        return None
+    model, header = found
+    typer.echo(
+        f"runtime model: warm start from checkpoint {header.model_name} "
+        f"({header.model_version}, created {header.created_at_s:.0f})",
+        err=True,
+    )
+    return model

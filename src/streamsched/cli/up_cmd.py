@@ -35,7 +35,7 @@ def up(
     throughputs: Annotated[
         Path | None, typer.Option(help="Gavel throughputs file (default: next to the trace).")
     ] = None,
-    policy: Annotated[str, typer.Option(help="Placement policy.")] = "forecast",
+    policy: Annotated[str, typer.Option(help="Placement policy.")] = "forecast-river",
     executors: Annotated[
         str,
         typer.Option(

@@ -60,7 +60,7 @@ DEFAULT_EXECUTORS = "v100=2x4,p100=2x4,k80=2x4,cpu=2"
 class UpConfig:
     trace: str = "gavel:sample"
     throughputs: Path | None = None
-    policy: str = "forecast"
+    policy: str = "forecast-river"
     executors: str = DEFAULT_EXECUTORS
     duration_s: float = 120.0
     jobs: int | None = None
