@@ -29,7 +29,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from streamsched.broker import client_config
 from streamsched.schemas import codec, topics
-from streamsched.schemas.commands import CancelTask
+from streamsched.schemas.commands import CancelTask, PolicyUpdate
 from streamsched.schemas.data import DataIngested
 from streamsched.schemas.envelope import SCHEMA_VERSION, EventEnvelope, new_event_id
 from streamsched.schemas.tasks import TaskSubmitted
@@ -129,6 +129,33 @@ class Client:
         }
         event = codec.validate_as(CancelTask, data, now=datetime.now(UTC))
         self.send(topics.COMMANDS, task_id, event)
+        return event.event_id
+
+    def update_policy(
+        self,
+        policy: str,
+        parameters: Mapping[str, int | float | bool | str] | None = None,
+        *,
+        shadow_policy: str | None = None,
+        split_ratio: float = 1.0,
+    ) -> str:
+        """Change the placement policy live (``sched.commands``); the event id.
+
+        The update states the whole configuration: ``policy`` with ``parameters``, the
+        fraction ``split_ratio`` of tasks it places (the rest stay with the current
+        policy: an A/B split), and ``shadow_policy``, evaluated on every decision and
+        audited but never acted on (None ends shadow mode). The placement agent answers
+        in its log and metrics; an invalid update changes nothing."""
+        data = {
+            "type": "command.update_policy",
+            **_envelope(self.source),
+            "policy": policy,
+            "parameters": dict(parameters or {}),
+            "shadow_policy": shadow_policy,
+            "split_ratio": split_ratio,
+        }
+        event = codec.validate_as(PolicyUpdate, data, now=datetime.now(UTC))
+        self.send(topics.COMMANDS, "policy", event)
         return event.event_id
 
     def ingest(self, dataset: str, rows: int, bytes: int, location: str) -> str:

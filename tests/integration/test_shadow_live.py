@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from typer.testing import CliRunner
 
 from streamsched.agents.executor import ExecutorAgent
 from streamsched.agents.placement import PlacementAgent
 from streamsched.broker import client_config
+from streamsched.cli import app
 from streamsched.scheduler.model import NodeSpec
 from streamsched.schemas import codec, topics
 from streamsched.schemas.commands import PolicyUpdate
@@ -103,7 +105,14 @@ def test_shadow_decisions_are_audited_and_never_executed(
             assert time.monotonic() < deadline, "no heartbeat reached the placement agent"
             time.sleep(0.05)
         # forecast packs (most-allocated breaks ties); least-loaded spreads.
-        _produce(config, topics.COMMANDS, "policy", _update("least-loaded"))
+        # Through the CLI, as a user would (`streamsched policy`).
+        result = CliRunner().invoke(
+            app,
+            ["policy", "forecast", "--shadow", "least-loaded"],
+            env={"KAFKA_BOOTSTRAP_SERVERS": config["bootstrap.servers"]},
+        )
+        assert result.exit_code == 0, result.output
+        assert "policy update sent (policy forecast; shadow least-loaded" in result.output
         deadline = time.monotonic() + WAIT_S
         while agent.core.shadow_policy is None:
             assert time.monotonic() < deadline, "the policy update never took effect"

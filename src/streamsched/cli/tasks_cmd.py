@@ -31,12 +31,12 @@ from streamsched.schemas.envelope import SCHEMA_VERSION, new_event_id
 from streamsched.schemas.tasks import TaskRejected
 from streamsched.streams.state import TaskState, TaskStatus
 
-from ._common import cli_errors, fail, stdout_console
+from ._common import cli_errors, fail, parse_params, stdout_console
 from .executor_cmd import parse_cpus, parse_memory_mib
 from .live import require_bootstrap
 from .processor_cmd import processor
 
-__all__ = ["cancel", "ingest", "processor", "status", "submit"]
+__all__ = ["cancel", "ingest", "policy", "processor", "status", "submit"]
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -146,6 +146,47 @@ def cancel(
     with _client(servers) as client, cli_errors():
         client.cancel(task_id, reason=reason, tenant=tenant)
     typer.echo(f"cancel requested for {task_id}")
+
+
+def policy(
+    name: Annotated[str, typer.Argument(help="The live policy, e.g. forecast-river.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Policy parameter KEY=VALUE (repeatable), e.g. sjf_weight=2."),
+    ] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(help="Shadow policy: evaluated and audited, never acted on."),
+    ] = None,
+    split: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Fraction of tasks (stable hash of the task id) placed by NAME; the rest "
+            "stay with the current policy.",
+        ),
+    ] = 1.0,
+) -> None:
+    """Change the placement policy live: switch, A/B split, shadow, parameters."""
+    from streamsched.scheduler.policies import POLICY_NAMES
+
+    for option, value in (("NAME", name), ("--shadow", shadow)):
+        if value is not None and (value not in POLICY_NAMES or value == "oracle"):
+            known = ", ".join(p for p in POLICY_NAMES if p != "oracle")
+            fail(f"{option} {value!r}: not a live policy; choose one of {known}")
+    parameters = parse_params(param)
+    servers, _settings = require_bootstrap("policy command")
+    with _client(servers) as client, cli_errors():
+        event_id = client.update_policy(name, parameters, shadow_policy=shadow, split_ratio=split)
+    what = [f"policy {name}"]
+    if split < 1.0:
+        what.append(f"on {split:.0%} of tasks")
+    if parameters:
+        what.append(", ".join(f"{k}={v:g}" for k, v in parameters.items()))
+    if shadow:
+        what.append(f"shadow {shadow}")
+    typer.echo(f"policy update sent ({'; '.join(what)}; event {event_id})")
 
 
 def ingest(
