@@ -536,7 +536,28 @@ class PlacementAgent:
         self.timings.core_s += elapsed
         if stimuli:
             metrics.DECISION_LATENCY.observe(elapsed)
+        self._report_drifts()
         return out
+
+    def _report_drifts(self) -> None:
+        """Log and count the drifts the core's forecaster detected (and adapted to) since
+        the last call; the stream processor publishes its own as ``model.drift`` events."""
+        forecaster = self.core.forecaster
+        take = getattr(forecaster, "take_drift_events", None)
+        if take is None:
+            return
+        for event in take():
+            metrics.MODEL_DRIFT.labels(forecaster.name, event.key).inc()
+            logger.warning(
+                "placement model %s drifted on %s: mean |log error| %.3f -> %.3f after %d "
+                "observations; %s",
+                forecaster.name,
+                event.key,
+                event.error_before,
+                event.error_after,
+                event.observations,
+                f"refitted, now {forecaster.version}" if event.worse else "not refitted",
+            )
 
     # ------------------------------------------------------------------ input
 

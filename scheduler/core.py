@@ -128,6 +128,8 @@ class TaskRecord:
     #: Predicted whole-task runtime on the current hardware (for the forecast error).
     predicted_full_s: float = 0.0
     preemptions: int = 0
+    #: Times the task was stopped to move it to faster hardware (not in ``preemptions``).
+    migrations: int = 0
     preempting: bool = False
     retries: int = 0
     waiting_on: set[str] = field(default_factory=set)
@@ -268,6 +270,8 @@ class SchedulerCore:
             run_cycle(self, now, stimulus_id)
             if shadow is not None:
                 self._emit_shadow(shadow, now)
+        elif self.may_migrate():
+            run_cycle(self, now, stimulus_id)  # nothing queued: only the migration step
         out, self._out = self._out, []
         return out
 
@@ -295,6 +299,17 @@ class SchedulerCore:
         if split is None or split_fraction(task_id) >= self.split_ratio:
             return self.policy
         return split
+
+    def may_migrate(self) -> bool:
+        """Whether the cycle's migration step may run: the live policy preempts, its
+        ``migrate_factor`` is positive, preemptible work runs, and no preemption or
+        migration awaits its confirmation (so no room is counted on twice)."""
+        return (
+            self.policy.preemption
+            and self.policy.params.migrate_factor > 0
+            and bool(self.preemptible_on_row)
+            and not self.pending_preemptions
+        )
 
     def risk_penalty(self, now: float, weight: float) -> FloatArray | None:
         """Per row, ``weight`` times the node's failure risk above the fleet prior (>= 0),
@@ -878,10 +893,13 @@ class SchedulerCore:
         if not self._current(rec, ev.task_id, ev.attempt, "preempted"):
             return
         assert rec is not None
+        migrating = rec.preempted_for == rec.spec.task_id
         self.release(rec)
         rec.progress = max(rec.progress, min(ev.progress, MAX_RESUME_PROGRESS))
-        rec.preemptions += 1
-        self.enqueue(rec, f"preempted (progress {rec.progress:.0%} kept)", now)
+        if not migrating:  # a migration is bounded by ``max_migrations`` instead
+            rec.preemptions += 1
+        what = "migrated" if migrating else "preempted"
+        self.enqueue(rec, f"{what} (progress {rec.progress:.0%} kept)", now)
 
     def _on_lost(self, ev: TaskLost, now: float) -> None:
         rec = self.tasks.get(ev.task_id)

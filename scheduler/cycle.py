@@ -11,6 +11,8 @@
    get first, and later tasks may use it only if they end before or leave room.
 5. Preemption: blocked tasks may evict preemptible attempts (checkpoint kept) when that
    lowers total completion time, serves a higher priority class or saves a deadline.
+6. Migration: when nothing is left queued, a long preemptible attempt on slow hardware is
+   stopped (checkpoint kept) so that it restarts on a faster class with room now.
 
 Under an A/B split (``SchedulerCore.policy_of``) each task's arm supplies steps 2-3 for
 that task (scorers, waiting for faster hardware, the decision's policy name); the order,
@@ -38,6 +40,9 @@ S = TaskState
 EARLIEST_START_ROWS = 32
 #: Deferral ahead of a predicted peak keeps at most this fraction of a class's GPUs free.
 MAX_HEADROOM_FRACTION = 0.5
+#: Migrations issued per cycle at most, and running attempts examined for them.
+MAX_MIGRATIONS_PER_CYCLE = 2
+MAX_MIGRATION_CHECKS = 256
 
 
 @dataclass(slots=True)
@@ -168,6 +173,8 @@ class _Cycle:
                 break
         if self.policy.preemption and self.blocked and self.core.preemptible_on_row:
             self._preempt()
+        if self.core.may_migrate() and not len(self.core.queue):
+            self._migrate()
         if self._deferrals:  # rebound, not mutated: a shadow fork shares the dict
             self.core.deferred = {**self.core.deferred, **self._deferrals}
 
@@ -715,6 +722,164 @@ class _Cycle:
                     decision=decision,
                 )
             )
+
+    # ------------------------------------------------------------------ step 6
+    def _migrate(self) -> None:
+        """Stop up to :data:`MAX_MIGRATIONS_PER_CYCLE` running attempts that would finish
+        much sooner on a faster hardware class with room for them now (see
+        :meth:`_migration`), largest predicted saving first. Called only when nothing is
+        queued, so the room taken is room no waiting task wanted; one migrant per target
+        node per cycle, so two migrants never count on the same room."""
+        found: list[tuple[float, str, TaskRecord, int, float, float]] = []
+        checks = 0
+        for row in sorted(self.core.preemptible_on_row):
+            for tid in sorted(self.core.on_row.get(row, ())):
+                if checks >= MAX_MIGRATION_CHECKS:
+                    break
+                rec = self.core.tasks[tid]
+                if not self._may_migrate_task(rec):
+                    continue
+                checks += 1
+                option = self._migration(rec, set())
+                if option is not None:
+                    target, cur_left, new_left = option
+                    found.append((new_left - cur_left, tid, rec, target, cur_left, new_left))
+        found.sort(key=lambda e: (e[0], e[1]))
+        claimed: set[int] = set()
+        issued = 0
+        for _, _, rec, target, cur_left, new_left in found:
+            if issued >= MAX_MIGRATIONS_PER_CYCLE:
+                break
+            if target in claimed:
+                option = self._migration(rec, claimed)
+                if option is None:
+                    continue
+                target, cur_left, new_left = option
+            claimed.add(target)
+            issued += 1
+            self._issue_migration(rec, target, cur_left, new_left)
+
+    def _may_migrate_task(self, rec: TaskRecord) -> bool:
+        """Whether ``rec``'s attempt may be migrated at all: preemptible, running for at
+        least ``preempt_min_run_s``, not being stopped, migrated fewer than
+        ``max_migrations`` times."""
+        p = self.params
+        return (
+            rec.spec.preemptible
+            and rec.state is S.RUNNING
+            and not rec.preempting
+            and rec.started_at is not None
+            and rec.migrations < p.max_migrations
+            and self.now - rec.started_at >= p.preempt_min_run_s
+        )
+
+    def _remaining_here(self, rec: TaskRecord, runtimes: FloatArray) -> float | None:
+        """Predicted remaining seconds of ``rec``'s attempt where it runs: from its
+        reported progress rate when it has reported progress, else the forecaster's
+        current estimate (which may have learned since the assignment) minus the time
+        run. None when the attempt is overdue by that measure (nothing sound to compare)."""
+        assert rec.started_at is not None
+        if rec.reported_progress > rec.progress + 0.001:  # predicted_s follows the rate
+            left = rec.started_at + rec.predicted_s - self.now
+        else:
+            left = float(runtimes[self.cluster.hw[rec.row]]) - (self.now - rec.started_at)
+        return left if left > 0 and math.isfinite(left) else None
+
+    def _migration(self, rec: TaskRecord, claimed: set[int]) -> tuple[int, float, float] | None:
+        """The node ``rec`` should migrate to, with its predicted remaining seconds where
+        it runs and on that node (checkpoint restored, restart overhead excluded), or None.
+
+        A node qualifies when it fits ``rec`` now, is not in ``claimed``, is of a class
+        predicted faster for the task, is not under a predicted peak that would defer the
+        task, and ``remaining here > migrate_factor * (remaining there + restart
+        overhead)``. The remaining time there is the remaining time here scaled by the
+        ratio of the forecaster's runtimes of the two classes (and inflated by the node's
+        failure-risk penalty, as placement does). Among qualifying nodes, the one with the
+        least remaining time there, ties by row."""
+        c, p, spec = self.cluster, self.params, rec.spec
+        runtimes = self.core.runtimes(rec)
+        here_full = float(runtimes[c.hw[rec.row]])
+        if not (math.isfinite(here_full) and here_full > 0):
+            return None
+        left = self._remaining_here(rec, runtimes)
+        if left is None:
+            return None
+        fastest = float(runtimes.min())
+        if left <= p.migrate_factor * (left * fastest / here_full + p.restart_overhead_s):
+            return None  # not even the fastest class would pay: skip the node scan
+        shape = (spec.shape, spec.allowed_hardware, tuple(sorted(spec.governance.items())))
+        rows = self._fitting_rows(spec, shape)[0]
+        if claimed:
+            rows = rows[~np.isin(rows, sorted(claimed))]
+        rows = rows[runtimes[c.hw[rows]] < here_full]
+        if rows.size == 0:
+            return None
+        there = left * runtimes[c.hw[rows]] / here_full
+        penalty = self._risk_penalty(self.policy)
+        if penalty is not None:
+            there = there * (1.0 + penalty[rows])
+        order = np.lexsort((rows, there))
+        may_defer = self._may_defer(rec, self.policy)
+        for i in order.tolist():
+            row, new_left = int(rows[i]), float(there[i])
+            if left <= p.migrate_factor * (new_left + p.restart_overhead_s):
+                return None  # the best remaining node does not pay either
+            if may_defer and self._peak(int(c.hw[row]), spec) is not None:
+                continue
+            return row, left, new_left
+        return None
+
+    def _issue_migration(self, rec: TaskRecord, target: int, left: float, new_left: float) -> None:
+        """Ask to stop ``rec``'s attempt so that it restarts on ``target``: one decision
+        (the audit's ``kind="preempt"``), one ``Preempt`` whose reason says it is a
+        migration. The task is its own beneficiary (``for_task_id``) until the stop is
+        confirmed, which holds further migrations off (``SchedulerCore.may_migrate``)."""
+        core, c, p, spec = self.core, self.cluster, self.params, rec.spec
+        core.decisions += 1
+        decision_id = f"{core.config.decision_prefix}-{core.decisions:08d}"
+        core.pending_preemptions[spec.task_id] = {spec.task_id}
+        rec.preempting = True
+        rec.preempted_for = spec.task_id
+        rec.stop_requested_at = self.now
+        rec.migrations += 1
+        node_id = c.node_ids[rec.row]
+        here, there = rec.hardware, c.hardware_names[c.hw[target]]
+        why = (
+            f"migrate to {there}: predicted remaining {left:.0f}s on {here} vs "
+            f"{new_left:.0f}s on {there} (+ {p.restart_overhead_s:.0f}s restart overhead)"
+        )
+        reason = (
+            f"{self.policy.name}: {why}; preempt attempt {rec.attempt} of {spec.task_id} "
+            f"({spec.priority}, checkpoint kept) on {node_id} for {c.node_ids[target]} "
+            f"(migration {rec.migrations}/{p.max_migrations})"
+        )
+        decision = Decision(
+            decision_id=decision_id,
+            stimulus_id=self.stimulus_id,
+            task_id=spec.task_id,
+            attempt=rec.attempt + 1,
+            policy=self.policy.name,
+            policy_version=self.policy.version,
+            model_version=core.forecaster.version,
+            decided_at_s=self.now,
+            chosen_node_id=c.node_ids[target],
+            chosen_hardware=there,
+            predicted_runtime_s=new_left + p.restart_overhead_s,
+            reason=reason,
+            candidates=(),
+        )
+        core.emit(
+            Preempt(
+                stimulus_id=self.stimulus_id,
+                task_id=spec.task_id,
+                attempt=rec.attempt,
+                node_id=node_id,
+                reason=why,
+                for_task_id=spec.task_id,
+                decision_id=decision_id,
+                decision=decision,
+            )
+        )
 
 
 class _Room:

@@ -13,7 +13,8 @@
                    tenant fair share (DRF), heterogeneity-aware placement by predicted
                    completion (waits for faster hardware when it pays), EASY backfilling
                    with reservations for blocked jobs, FGD packing for GPU shares,
-                   checkpoint-restart preemption, a soft penalty for nodes likely to fail
+                   checkpoint-restart preemption and migration to faster hardware
+                   (``migrate_factor``), a soft penalty for nodes likely to fail
                    (``risk_weight``) and bounded deferral of low-priority work ahead of
                    predicted peaks of GPU demand (``defer_low_priority``)
 ``forecast-river`` ``forecast`` with the learned forecaster ``river-linear``
@@ -80,6 +81,13 @@ class PolicyParams:
     rekey_budget: int = 8
     #: Blocked tasks per cycle that may trigger preemption.
     max_preemption_checks: int = 4
+    #: Migration (checkpoint-restart onto a faster class with free room while nothing is
+    #: queued): only when the predicted remaining time where the attempt runs exceeds this
+    #: times its remaining time on the faster class plus ``restart_overhead_s``. 0 disables.
+    #: 3 did a little better than 2 on the Gavel traces (docs/policies.md, "Migration").
+    migrate_factor: float = 3.0
+    #: A task is migrated at most this many times.
+    max_migrations: int = 2
     # --- node failure risk and load deferral (load-aware policies: the forecast family)
     #: Soft penalty of node failure risk: predicted completion on a node is inflated by
     #: ``1 + risk_weight * excess risk`` (its risk above the fleet prior). 0 disables.

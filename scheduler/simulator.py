@@ -131,9 +131,14 @@ def forecaster_for(policy: Policy) -> RuntimeForecaster:
     if policy.forecaster == "dask-like":
         return DaskLikeForecaster()
     if policy.forecaster == "river-linear":
+        from .drift import drifting
         from .learned import RiverRuntimeForecaster
 
-        return RiverRuntimeForecaster()
+        # Inside the drift wrapper, as in the stream processor: the same model kind, so
+        # the placement agent can warm-start from the processor's checkpoints, and it
+        # refits when its errors drift (on the Gavel/Philly traces it never does, and the
+        # simulated results are identical to the bare model's).
+        return drifting(RiverRuntimeForecaster())
     return RunningMeanForecaster()
 
 

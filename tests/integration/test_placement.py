@@ -388,6 +388,27 @@ def test_state_gauges_match_a_scan_of_the_core() -> None:
     assert gauges.queued == 0
 
 
+def test_the_placement_model_reports_and_adapts_to_drift(caplog: pytest.LogCaptureFixture) -> None:
+    """The live default policy's model sits in the drift wrapper: a 3x slowdown of a class
+    is logged, counted and refitted (no broker needed: the agent is not run)."""
+    agent = PlacementAgent({})
+    model = agent.core.forecaster
+    assert model.name == "river-linear+drift"
+    labels = {"model": model.name, "key": HARDWARE}
+    before = REGISTRY.get_sample_value("streamsched_model_drift_total", labels) or 0.0
+    spec = task("drifty", gpus=1)
+    for i in range(600):
+        model.learn(spec, HARDWARE, (100.0 if i < 300 else 300.0) * (1.0 + 0.05 * (i % 3)))
+    with caplog.at_level("WARNING", logger="streamsched.agents.placement"):
+        agent._handle_core([])
+    after = REGISTRY.get_sample_value("streamsched_model_drift_total", labels) or 0.0
+    assert after > before
+    assert f"placement model river-linear+drift drifted on {HARDWARE}" in caplog.text
+    assert "refitted, now river-linear+drift@g1" in caplog.text
+    agent._handle_core([])  # each drift is reported once
+    assert REGISTRY.get_sample_value("streamsched_model_drift_total", labels) == after
+
+
 def test_replay_clock_converts_wall_durations_to_core_seconds() -> None:
     start = time.time() - 10.0
     agent = PlacementAgent({}, replay_start=start, replay_speedup=60.0, heartbeat_timeout_s=15.0)

@@ -581,10 +581,10 @@ def test_forecast_river_decisions_name_the_learned_model() -> None:
     out = drive(core, submitted(task("a", gpus=1)), 1.0)
     (first,) = assigns(out)
     assert first.decision.policy == "forecast-river"
-    assert first.decision.model_version == "river-linear@0"
+    assert first.decision.model_version == "river-linear+drift@g0:river-linear@0"
     out = run_and_finish(core, out, 2.0, runtime_s=50.0)
     out = drive(core, submitted(task("b", gpus=1)), 60.0)
     (second,) = assigns(out)
-    assert second.decision.model_version == "river-linear@1"
+    assert second.decision.model_version == "river-linear+drift@g0:river-linear@1"
     # The learned runtime of the type (not the 600 s default) is what the policy predicts.
     assert second.decision.predicted_runtime_s == pytest.approx(50.0)

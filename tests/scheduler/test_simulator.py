@@ -224,6 +224,7 @@ def test_oracle_beats_fifo_on_real_gavel_trace(shared_traces: Path, stem: str) -
 
 # ---------------------------------------------------------------------- learned forecaster
 def test_forecast_river_runs_the_learned_forecaster_deterministically() -> None:
+    from streamsched.scheduler.drift import DriftingForecaster
     from streamsched.scheduler.learned import RiverRuntimeForecaster
 
     jobs = month_of_jobs(seed=7, count=120)
@@ -233,7 +234,8 @@ def test_forecast_river_runs_the_learned_forecaster_deterministically() -> None:
         sim = Simulator(Trace("hand", tuple(jobs)), nodes, get_policy("forecast-river"))
         data = sim.run().to_dict(series=True)
         data.pop("wall_s")
-        assert isinstance(sim.core.forecaster, RiverRuntimeForecaster)
+        assert isinstance(sim.core.forecaster, DriftingForecaster)
+        assert isinstance(sim.core.forecaster.inner, RiverRuntimeForecaster)
         return data, sim.core.forecaster.version
 
     first, version = run()
@@ -241,7 +243,7 @@ def test_forecast_river_runs_the_learned_forecaster_deterministically() -> None:
     assert first["jobs"] == 120
     assert first["unfinished"] == 0
     # It learned at least once from every completed job.
-    learned = int(version.removeprefix("river-linear@"))
+    learned = int(version.removeprefix("river-linear+drift@g0:river-linear@"))
     assert learned >= 120
     assert run() == (first, version)
 
@@ -250,7 +252,7 @@ def test_forecaster_for_builds_the_policy_kind_without_a_trace() -> None:
     from streamsched.scheduler.forecasting import DaskLikeForecaster, RunningMeanForecaster
     from streamsched.scheduler.simulator import forecaster_for
 
-    assert forecaster_for(get_policy("forecast-river")).name == "river-linear"
+    assert forecaster_for(get_policy("forecast-river")).name == "river-linear+drift"
     assert isinstance(forecaster_for(get_policy("forecast")), RunningMeanForecaster)
     assert isinstance(forecaster_for(get_policy("dask-like")), DaskLikeForecaster)
     with pytest.raises(ValueError, match="'oracle': the oracle forecaster needs a trace"):
