@@ -321,6 +321,13 @@ def _stale_reason(st: TaskStatus, ev: AttemptEvent) -> str | None:
 
 
 def _attempt_event(st: TaskStatus, ev: AttemptEvent) -> TaskStatus:
+    if _completes_a_settled_success(st, ev):
+        # The scheduler's task.ended (sched.decisions) overtook the executor's completion
+        # (sched.tasks.events): the verdict stands, the completion brings the runtime.
+        assert isinstance(ev, TaskCompleted)
+        return st.model_copy(
+            update={"actual_runtime_s": ev.runtime_s, "progress": 1.0, "attempt_ended": True}
+        )
     why = _stale_reason(st, ev)
     if why is not None:
         if isinstance(ev, TaskStarted | TaskProgress) and ev.attempt == st.attempt:
@@ -335,6 +342,15 @@ def _attempt_event(st: TaskStatus, ev: AttemptEvent) -> TaskStatus:
             update={"progress": max(st.progress, ev.progress)}
         )
     return _attempt_outcome(st, ev)
+
+
+def _completes_a_settled_success(st: TaskStatus, ev: AttemptEvent) -> bool:
+    return (
+        isinstance(ev, TaskCompleted)
+        and st.state == TaskState.SUCCEEDED
+        and ev.attempt == st.attempt
+        and st.actual_runtime_s is None
+    )
 
 
 def _running(st: TaskStatus, at: datetime) -> TaskStatus:

@@ -252,3 +252,17 @@ def test_the_scheduler_s_verdict_settles_what_no_executor_reports() -> None:
     )
     assert (failed.state, failed.failure_reason) == (TaskState.FAILED, "lost 6 attempts")
     assert failed.attempt_ended
+
+
+def test_a_completion_that_arrives_after_the_verdict_still_brings_its_runtime() -> None:
+    """``task.ended`` (sched.decisions) can overtake the executor's ``task.completed``
+    (sched.tasks.events): the verdict stands and the runtime is recorded once."""
+    running = fold(submitted(), audit(), att(TaskStarted))
+    verdict = TaskEnded(**_env(), task_id="t1", state="succeeded", attempt=1, reason="completed")
+    settled = fold(verdict, start=running)
+    assert (settled.state, settled.actual_runtime_s) == (TaskState.SUCCEEDED, None)
+    done = fold(att(TaskCompleted, runtime_s=42.0), start=settled)
+    assert (done.state, done.actual_runtime_s, done.progress) == (TaskState.SUCCEEDED, 42.0, 1.0)
+    assert forecast_observation(settled, done) == ("gpu-v100", 100.0, 42.0)
+    again = fold(att(TaskCompleted, runtime_s=43.0), start=done)
+    assert again.actual_runtime_s == 42.0  # a second completion is stale
