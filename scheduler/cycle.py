@@ -695,21 +695,7 @@ class _Cycle:
                 f"({v.spec.priority}, ~{left:.0f}s left, checkpoint kept) on {node_id} to make "
                 f"room for {spec.task_id} ({spec.priority}, predicted {runtime:.0f}s there): {why}"
             )
-            decision = Decision(
-                decision_id=decision_id,
-                stimulus_id=self.stimulus_id,
-                task_id=spec.task_id,
-                attempt=rec.attempt + 1,
-                policy=self.policy.name,
-                policy_version=self.policy.version,
-                model_version=core.forecaster.version,
-                decided_at_s=self.now,
-                chosen_node_id=node_id,
-                chosen_hardware=hardware,
-                predicted_runtime_s=runtime,
-                reason=reason,
-                candidates=(),
-            )
+            decision = self._stop_decision(decision_id, rec, node_id, hardware, runtime, reason)
             core.emit(
                 Preempt(
                     stimulus_id=self.stimulus_id,
@@ -722,6 +708,34 @@ class _Cycle:
                     decision=decision,
                 )
             )
+
+    def _stop_decision(
+        self,
+        decision_id: str,
+        rec: TaskRecord,
+        node_id: str,
+        hardware: str,
+        runtime: float,
+        reason: str,
+    ) -> Decision:
+        """The decision behind a stop (preemption or migration): ``rec``'s next attempt,
+        predicted to run ``runtime`` on ``node_id`` (``hardware``) once the stop is
+        confirmed."""
+        return Decision(
+            decision_id=decision_id,
+            stimulus_id=self.stimulus_id,
+            task_id=rec.spec.task_id,
+            attempt=rec.attempt + 1,
+            policy=self.policy.name,
+            policy_version=self.policy.version,
+            model_version=self.core.forecaster.version,
+            decided_at_s=self.now,
+            chosen_node_id=node_id,
+            chosen_hardware=hardware,
+            predicted_runtime_s=runtime,
+            reason=reason,
+            candidates=(),
+        )
 
     # ------------------------------------------------------------------ step 6
     def _migrate(self) -> None:
@@ -853,21 +867,8 @@ class _Cycle:
             f"({spec.priority}, checkpoint kept) on {node_id} for {c.node_ids[target]} "
             f"(migration {rec.migrations}/{p.max_migrations})"
         )
-        decision = Decision(
-            decision_id=decision_id,
-            stimulus_id=self.stimulus_id,
-            task_id=spec.task_id,
-            attempt=rec.attempt + 1,
-            policy=self.policy.name,
-            policy_version=self.policy.version,
-            model_version=core.forecaster.version,
-            decided_at_s=self.now,
-            chosen_node_id=c.node_ids[target],
-            chosen_hardware=there,
-            predicted_runtime_s=new_left + p.restart_overhead_s,
-            reason=reason,
-            candidates=(),
-        )
+        runtime = new_left + p.restart_overhead_s
+        decision = self._stop_decision(decision_id, rec, c.node_ids[target], there, runtime, reason)
         core.emit(
             Preempt(
                 stimulus_id=self.stimulus_id,
