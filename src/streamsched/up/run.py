@@ -290,14 +290,23 @@ def _start_children(
     metrics: dict[str, str],
 ) -> list[Child]:
     children: list[Child] = []
+    taken: set[int] = set()
+
+    def new_port() -> int:
+        """A free port not handed out before in this run: the children bind theirs only
+        once started, so the OS may offer one port twice in the meantime."""
+        while (port := free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
 
     def metrics_port(name: str) -> str:
-        port = free_port()
+        port = new_port()
         metrics[name] = f"http://127.0.0.1:{port}/metrics"
         return str(port)
 
     if cfg.processor:
-        web = free_port()
+        web = new_port()
         children.append(
             Child(
                 "processor",
