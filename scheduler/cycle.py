@@ -105,6 +105,8 @@ class _Cycle:
         self._start_memo: dict[tuple[object, int], tuple[float, int]] = {}
         # Load deferral and node risk (see _defer_peaks and _risk_penalty).
         self._demand: dict[int, float] = {}
+        #: Per hardware class, its GPU capacity (fixed within a cycle).
+        self._class_gpus: dict[int, float] = {}
         self._deferrals: dict[str, tuple[float, str]] = {}
         self._risk: tuple[float, FloatArray | None] | None = None
 
@@ -468,8 +470,12 @@ class _Cycle:
         if demand < 1.0:
             return None
         class_rows = c.class_rows(h)
-        cap = float(c.gpu_cap[class_rows].sum())
+        cap = self._class_gpus.get(h)
+        if cap is None:
+            cap = self._class_gpus[h] = float(c.gpu_cap[class_rows].sum())
         headroom = math.floor(min(demand, MAX_HEADROOM_FRACTION * cap))
+        if headroom < 1:
+            return None
         free = float(c.gpu_free_milli[class_rows].sum()) / GPU_MILLI
         return demand if free - spec.gpu_demand_milli / GPU_MILLI < headroom else None
 
