@@ -13,6 +13,11 @@ Wire contract (see :mod:`streamsched.agents.partitioning`):
 - ``command.stop_attempt`` records travel the same partition, after the assignment they
   concern: ``preempt`` stops the attempt and keeps its checkpoint, ``cancel`` stops it.
   A command for an attempt this executor does not run is ignored (the fencing token).
+- Before an attempt starts, :class:`~streamsched.agents.runner.ExecutionGuard` re-checks
+  it: each governance tag must be a label of this node with the same value, and with an
+  allow-list (``streamsched executor --allow-exec``) the resolved ``argv[0]`` must be on
+  it. A refused attempt runs nothing: it is reported as a non-retryable ``task.failed``
+  naming the reason, logged, and counted in ``streamsched_executor_refusals_total``.
 - A record that is neither is logged (topic, partition, offset and the reason) and
   skipped; it never stops the agent.
 - Every lifecycle event the runner reports goes to ``sched.tasks.events``, key = task id,
@@ -52,7 +57,14 @@ from confluent_kafka.admin import AdminClient
 from streamsched import metrics
 from streamsched.agents.journal import AttemptKey, journal_path
 from streamsched.agents.partitioning import ASSIGNMENT_PARTITIONS, partition_for
-from streamsched.agents.runner import AttemptRunner, LifecycleEvent, replay_runtime_s
+from streamsched.agents.runner import (
+    AttemptRunner,
+    ExecAllowList,
+    ExecutionGuard,
+    LifecycleEvent,
+    Refusal,
+    replay_runtime_s,
+)
 from streamsched.broker import ensure_topics
 from streamsched.scheduler.model import NodeSpec
 from streamsched.schemas import codec
@@ -102,7 +114,9 @@ class ExecutorAgent:
     true runtime on this node's hardware (:func:`~streamsched.agents.runner.replay_runtime_s`)
     divided by ``replay_speedup`` wall seconds. ``progress_poll_s`` and
     ``progress_interval_s`` and ``replay_progress_after_s`` go to the default runner (see
-    :class:`AttemptRunner`).
+    :class:`AttemptRunner`). ``allow_list`` restricts the executables real-mode attempts
+    may run (None: any); ``node.labels`` are checked against each assignment's governance
+    tags (see :class:`~streamsched.agents.runner.ExecutionGuard`).
 
     The default runner journals attempts in :func:`journal_path` ``(log_dir, node id)``,
     opened (and locked) here and closed when :meth:`run` returns or by :meth:`close`.
@@ -123,6 +137,7 @@ class ExecutorAgent:
         progress_poll_s: float = 1.0,
         progress_interval_s: float = 5.0,
         replay_progress_after_s: float | None = None,
+        allow_list: ExecAllowList | None = None,
     ) -> None:
         if heartbeat_interval_s <= 0:
             raise ValueError(f"heartbeat interval must be positive, got {heartbeat_interval_s}")
@@ -134,6 +149,7 @@ class ExecutorAgent:
         self.replay_speedup = replay_speedup
         self.topic = assignment_topic(node.hardware)
         self.source = f"executor:{node.node_id}"
+        self.guard = ExecutionGuard(node.node_id, dict(node.labels), allow_list)
         self.partition: int | None = None  # known once run() has read the topic's metadata
         self._key = node.node_id.encode("utf-8")
         self._lock = threading.Lock()
@@ -299,8 +315,12 @@ class ExecutorAgent:
         with self._lock:
             self._assignments.setdefault(key, assignment)
         try:
+            verdict = self.guard.check(assignment, runs_command=self.replay_speedup is None)
+            if verdict.refusal is not None:
+                self._refuse(assignment, verdict.refusal, where)
+                return
             if self.replay_speedup is None:
-                self.runner.start(assignment)
+                self.runner.start(assignment, executable=verdict.executable)
                 return
             try:
                 runtime_s = replay_runtime_s(assignment, self.node.hardware)
@@ -310,6 +330,20 @@ class ExecutorAgent:
             self.runner.start(assignment, replay_runtime_s=runtime_s, speedup=self.replay_speedup)
         except Exception:
             logger.exception("could not start %s attempt %d (%s)", *key, where)
+
+    def _refuse(self, assignment: Assignment, refusal: Refusal, where: str) -> None:
+        """Report a refused attempt as a non-retryable failure; log and count it once
+        (a redelivered assignment of an attempt already ended is ignored)."""
+        if not self.runner.fail_unstarted(assignment, refusal.reason):
+            return
+        metrics.EXECUTOR_REFUSALS.labels(refusal.kind).inc()
+        logger.error(
+            "refused %s attempt %d at %s: %s",
+            assignment.task_id,
+            assignment.attempt,
+            where,
+            refusal.reason,
+        )
 
     def _stop(self, command: StopAttempt, where: str) -> None:
         """Preempt or cancel a running attempt; unknown attempts are ignored (fencing)."""

@@ -24,7 +24,10 @@ Wire contract:
   decision audit (assignments, preemptions, and a shadow policy's would-be placements,
   ``kind="shadow"``, which never go to an assignment topic), any ``task.rejected``, and a
   ``task.ended``
-  for every task the core settles go to ``sched.decisions`` keyed by task id; a
+  for every task the core settles go to ``sched.decisions`` keyed by task id, as does
+  the ``task.cancel_outcome`` answering each cancel command (accepted or refused, with
+  who asked and why); the ``policy.changed`` outcome of each policy update (accepted or
+  refused, with its source as ``requested_by``) goes there keyed ``"policy"``; a
   ``command.stop_attempt`` goes to the assignment topic of the node's hardware (known from
   its heartbeats), same key and partition rule. Every record carries header ``type``.
 - Metrics (:mod:`streamsched.metrics`, see docs/metrics.md): submissions by outcome,
@@ -65,6 +68,7 @@ from streamsched.agents.partitioning import ASSIGNMENT_PARTITIONS, partition_for
 from streamsched.broker import ensure_topics
 from streamsched.scheduler import events as core_events
 from streamsched.scheduler.convert import (
+    cancel_outcome_to_wire,
     core_event_from_wire,
     core_time_from_datetime,
     wire_records_from_instruction,
@@ -90,8 +94,14 @@ from streamsched.scheduler.policies import get_policy
 from streamsched.scheduler.simulator import forecaster_for
 from streamsched.scheduler.trace import ReplayClock
 from streamsched.schemas import codec
-from streamsched.schemas.commands import StopAttempt
-from streamsched.schemas.decisions import Assignment, DecisionAudit, TaskEnded
+from streamsched.schemas.commands import CancelTask, PolicyUpdate, StopAttempt
+from streamsched.schemas.decisions import (
+    Assignment,
+    CancelOutcome,
+    DecisionAudit,
+    PolicyChanged,
+    TaskEnded,
+)
 from streamsched.schemas.errors import PAYLOAD_FIELD, InvalidEvent
 from streamsched.schemas.hardware import assignment_topic, hardware_named_in
 from streamsched.schemas.nodes import NodeHeartbeat
@@ -154,6 +164,9 @@ CONSUMER_TUNING: dict[str, Any] = {"fetch.wait.max.ms": 10, "fetch.min.bytes": 1
 PRODUCER_TUNING: dict[str, Any] = {"linger.ms": 5}
 #: Batches whose outputs may be in flight at once before the agent waits for them.
 MAX_IN_FLIGHT_BATCHES = 64
+#: Commands remembered until the core answers them (cancel and policy outcomes name who
+#: asked); beyond this many unanswered ones, the oldest are forgotten.
+MAX_PENDING_REQUESTS = 10_000
 
 _S = TaskState
 _HOLDS = frozenset({_S.ASSIGNED, _S.RUNNING})
@@ -350,6 +363,9 @@ class PlacementAgent:
         )
         #: Wire submissions by task id, while the core may still need them (see above).
         self.submissions: dict[str, TaskSubmitted] = {}
+        #: Commands (cancel, policy update) by event id until the core answers them: their
+        #: outcomes on ``sched.decisions`` name who asked.
+        self._requests: dict[str, CancelTask | PolicyUpdate] = {}
         #: Node id -> hardware class, from heartbeats (routes stop commands).
         self.node_hardware: dict[str, str] = {}
         #: Hardware classes named by heartbeats so far (accepted when decoding).
@@ -466,6 +482,8 @@ class PlacementAgent:
                 self.submissions.setdefault(event.task_id, event)
             elif isinstance(event, NodeHeartbeat):
                 self.node_hardware[event.node_id] = event.hardware
+            elif isinstance(event, CancelTask | PolicyUpdate):
+                self._remember_request(event)
             stimulus = core_event_from_wire(event, now_s=now_s, core_time=self.core_time)
             if self.event_time:
                 self._held.add(_source(msg), stimulus, self.core_time(event.occurred_at))
@@ -677,13 +695,18 @@ class PlacementAgent:
                 self._count(ins)
                 if isinstance(ins, StaleEvent) or ins.new.terminal:
                     settled.add(ins.task_id)
+                if isinstance(ins, StaleEvent) and ins.event == "cancel":
+                    self._publish_cancel_outcome(ins, occurred_at)  # refused
                 if isinstance(ins, TaskTransition) and ins.new.terminal:
+                    self._publish_cancel_outcome(ins, occurred_at)  # accepted, if a cancel
                     self._publish(ins, occurred_at, first_assigned)  # task.ended
                 continue
             if isinstance(ins, Learned | DeadlineInfeasible):
                 continue  # log and forecast material, no wire record
             if isinstance(ins, PolicyUpdated | PolicyRejected):
                 _log_policy_change(ins)
+                self._publish(ins, occurred_at, first_assigned)  # policy.changed
+                self._requests.pop(ins.stimulus_id, None)
                 continue
             self._publish(ins, occurred_at, first_assigned)
             if isinstance(ins, Reject):
@@ -715,7 +738,11 @@ class PlacementAgent:
         """Produce the wire record(s) of one instruction and count the decision."""
         try:
             records = wire_records_from_instruction(
-                ins, submissions=self.submissions, occurred_at=occurred_at, source=self.source
+                ins,
+                submissions=self.submissions,
+                occurred_at=occurred_at,
+                source=self.source,
+                requests=self._requests,
             )
         except Exception:
             logger.exception("cannot publish %r", ins)
@@ -731,9 +758,58 @@ class PlacementAgent:
                     )
                     continue
                 self._to_node(record, record.node_id, node_hw)
-            elif isinstance(record, DecisionAudit | TaskRejected | TaskEnded):
+            elif isinstance(record, PolicyChanged):
+                self._event(DECISIONS, "policy", record)
+            elif isinstance(record, DecisionAudit | TaskRejected | TaskEnded | CancelOutcome):
                 self._event(DECISIONS, record.task_id, record)
         self._count_decision(ins, first_assigned)
+
+    def _remember_request(self, event: CancelTask | PolicyUpdate) -> None:
+        """Keep a command until the core answers it (bounded: the oldest go first)."""
+        requests = self._requests
+        requests[event.event_id] = event
+        while len(requests) > MAX_PENDING_REQUESTS:
+            del requests[next(iter(requests))]
+
+    def _publish_cancel_outcome(
+        self, ins: TaskTransition | StaleEvent, occurred_at: datetime
+    ) -> None:
+        """Publish the ``task.cancel_outcome`` answering the cancel command behind ``ins``,
+        if there is one: a transition of its own task into ``cancelled`` accepts it (the
+        cascade to dependents is their ``task.ended``), a stale ``cancel`` refuses it."""
+        request = self._requests.get(ins.stimulus_id)
+        if not isinstance(request, CancelTask) or request.task_id != ins.task_id:
+            return
+        if isinstance(ins, TaskTransition):
+            if ins.new is not _S.CANCELLED:
+                return
+            was = ins.old.value if ins.old is not None else "new"
+            outcome = f"cancelled while {was}"
+            if ins.old in _HOLDS:
+                outcome += f"; attempt {ins.attempt} stopped"
+            accepted = True
+        else:
+            state = self.core.state_of(ins.task_id)
+            outcome = (
+                "refused: the scheduler has no record of this task"
+                if state is None
+                else f"refused: the task had already {_ended_verb(state)}"
+            )
+            accepted = False
+        del self._requests[ins.stimulus_id]
+        try:
+            record = cancel_outcome_to_wire(
+                request,
+                accepted=accepted,
+                outcome=outcome,
+                attempt=ins.attempt,
+                occurred_at=occurred_at,
+                source=self.source,
+            )
+        except ValueError:
+            logger.exception("cannot publish the outcome of cancel %s", ins.stimulus_id)
+            return
+        self._event(DECISIONS, record.task_id, record)
 
     def _count_decision(self, ins: Instruction, first_assigned: list[tuple[str, str]]) -> None:
         if isinstance(ins, Assign):
@@ -782,7 +858,10 @@ class PlacementAgent:
         )
 
     def _event(
-        self, topic: str, key: str | None, event: DecisionAudit | TaskRejected | TaskEnded
+        self,
+        topic: str,
+        key: str | None,
+        event: DecisionAudit | TaskRejected | TaskEnded | PolicyChanged | CancelOutcome,
     ) -> None:
         raw_key = key.encode("utf-8") if key is not None else None
         self._produce(topic, raw_key, codec.encode(event), [("type", event.type)])
@@ -970,6 +1049,11 @@ class HeldEvents:
                 self._committed[tp] = offset
                 out[tp] = offset
         return out
+
+
+def _ended_verb(state: TaskState) -> str:
+    """``succeeded``, ``failed``, ``been cancelled`` (or the state's name)."""
+    return "been cancelled" if state is _S.CANCELLED else state.value
 
 
 def _log_policy_change(ins: PolicyUpdated | PolicyRejected) -> None:

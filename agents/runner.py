@@ -51,6 +51,7 @@ runner already finished, is ignored.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import math
@@ -60,7 +61,7 @@ import subprocess
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,6 +112,8 @@ MAX_PROGRESS_BYTES = 64
 SHUTDOWN_REASON = "executor shutting down; the attempt was stopped and must run again"
 #: Reason of the ``TaskLost`` that :meth:`AttemptRunner.recover` reports.
 RESTART_REASON = "executor restarted; the attempt's process was lost"
+#: Longest reason a ``TaskFailed`` carries (the wire's text limit).
+MAX_REASON_CHARS = 4096
 #: How often :meth:`AttemptRunner.recover` checks whether orphaned processes exited.
 _ORPHAN_POLL_S = 0.05
 
@@ -358,12 +361,16 @@ class AttemptRunner:
         *,
         replay_runtime_s: float | None = None,
         speedup: float = 1.0,
+        executable: str | None = None,
     ) -> None:
         """Start the attempt of ``assignment``; ignored if it is running or already finished.
 
         Replay mode when ``replay_runtime_s`` (trace seconds this attempt lasts) is given
         or the command is empty. A command that cannot be started is reported as a
         non-retryable ``TaskFailed`` (no ``TaskStarted``) before this returns.
+        ``executable`` (real mode) is the file to execute, with ``command`` as its argv:
+        the file :class:`ExecutionGuard` checked; None lets ``Popen`` look up
+        ``command[0]``.
         """
         if speedup <= 0:
             raise ValueError(f"speedup must be positive, got {speedup}")
@@ -372,7 +379,7 @@ class AttemptRunner:
             if key in self._attempts or key in self._finished:
                 logger.info("ignoring duplicate assignment of %s attempt %d", *key)
                 return
-            record = self._new_attempt(assignment, replay_runtime_s, speedup)
+            record = self._new_attempt(assignment, replay_runtime_s, speedup, executable)
             if isinstance(record, TaskFailed):
                 self._remember_finished(key)
             else:
@@ -384,16 +391,21 @@ class AttemptRunner:
         if isinstance(record, TaskFailed):
             self._emit_terminal(key, record)
 
-    def fail_unstarted(self, assignment: Assignment, reason: str) -> None:
-        """Report a non-retryable ``TaskFailed`` for an attempt that cannot start (e.g. a
-        malformed replay setting); ignored if the attempt is running or finished."""
+    def fail_unstarted(self, assignment: Assignment, reason: str) -> bool:
+        """Report a non-retryable ``TaskFailed`` for an attempt that must not or cannot
+        start (a refusal of :class:`ExecutionGuard`, a malformed replay setting); nothing
+        is run. Ignored (returns False) if the attempt is running or finished; True when
+        the failure was handed to the report callback. ``reason`` is cut to the wire's
+        4096 characters."""
         key = (assignment.task_id, assignment.attempt)
         with self._lock:
             if key in self._attempts or key in self._finished:
-                return
+                return False
             self._remember_finished(key)
         logger.warning("%s attempt %d cannot start: %s", *key, reason)
-        self._emit_terminal(key, self._event(TaskFailed, key, reason=reason, retryable=False))
+        text = reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
+        self._emit_terminal(key, self._event(TaskFailed, key, reason=text, retryable=False))
+        return True
 
     def preempt(self, task_id: str, attempt: int) -> bool:
         """Stop the attempt to free its resources; it reports ``TaskPreempted`` with the
@@ -444,7 +456,11 @@ class AttemptRunner:
         return self.log_dir / f"{quote(task_id, safe='')}.{attempt}.progress"
 
     def _new_attempt(
-        self, assignment: Assignment, replay_runtime_s: float | None, speedup: float
+        self,
+        assignment: Assignment,
+        replay_runtime_s: float | None,
+        speedup: float,
+        executable: str | None = None,
     ) -> _Attempt | TaskFailed:
         """A replay attempt, or a real one with its process started (or why it could not).
         Call with the lock held: it journals the start."""
@@ -452,7 +468,7 @@ class AttemptRunner:
         progress_file = self.progress_path(assignment.task_id, assignment.attempt)
         self._journal_started(assignment, progress_file if real else None)
         if real:
-            process = self._spawn(assignment, progress_file)
+            process = self._spawn(assignment, progress_file, executable)
             if isinstance(process, TaskFailed):
                 return process
             if self.journal is not None:
@@ -486,12 +502,13 @@ class AttemptRunner:
         self.journal.started(entry)
 
     def _spawn(
-        self, assignment: Assignment, progress_file: Path
+        self, assignment: Assignment, progress_file: Path, executable: str | None = None
     ) -> subprocess.Popen[bytes] | TaskFailed:
-        """Start the command in its own session, output to the attempt's log file; a
-        ``TaskFailed`` (not retryable) if it cannot be started."""
+        """Start the command (executing ``executable`` if given) in its own session,
+        output to the attempt's log file; a ``TaskFailed`` (not retryable) if it cannot be
+        started."""
         path = self.log_path(assignment.task_id, assignment.attempt)
-        executable = assignment.command[0]
+        shown = assignment.command[0] if executable is None else executable
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             progress_file.unlink(missing_ok=True)  # never read a stale value
@@ -499,6 +516,7 @@ class AttemptRunner:
                 try:
                     return subprocess.Popen(
                         list(assignment.command),
+                        executable=executable,
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -506,7 +524,7 @@ class AttemptRunner:
                         start_new_session=True,
                     )
                 except OSError as exc:
-                    reason = f"cannot start {executable!r}: {exc.strerror or exc}"
+                    reason = f"cannot start {shown!r}: {exc.strerror or exc}"
                     log.write(f"streamsched: {reason}\n".encode())
         except OSError as exc:  # the log itself cannot be written
             reason = f"cannot open log file {path}: {exc.strerror or exc}"
@@ -738,6 +756,220 @@ class AttemptRunner:
         journal = self.journal
         if self._emit(event) and journal is not None:
             journal.ended(key, event.type.removeprefix("task."))
+
+
+# ---------------------------------------------------------------------- execution guard
+#
+# Checks an assignment must pass before anything of it runs. A compromised or buggy
+# placement agent can publish any assignment to a node's partition; these checks are the
+# executor's own and do not trust it.
+
+#: Longest allow-list text quoted in a refusal (the reason is at most 4096 characters).
+_MAX_QUOTED_CHARS = 1000
+#: Characters that make an allow-list entry a glob.
+_GLOB_CHARS = frozenset("*?[")
+
+RefusalKind: TypeAlias = Literal["executable", "governance"]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an assignment is not started: ``kind`` is the metric label, ``reason`` the text
+    of the non-retryable ``TaskFailed``."""
+
+    kind: RefusalKind
+    reason: str
+
+
+def _quote(text: str, limit: int = 200) -> str:
+    """``repr(text)``, shortened to about ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in _GLOB_CHARS for c in pattern)
+
+
+def _resolve_pattern(pattern: str) -> str:
+    """An allow-list entry with symlinks resolved: the whole path for an exact entry, the
+    glob-free leading directories for a glob (``/bin/*`` -> ``/usr/bin/*`` where ``/bin``
+    links to ``/usr/bin``)."""
+    if not _is_glob(pattern):
+        return os.path.realpath(pattern)
+    parts = pattern.split("/")
+    literal = 0
+    while literal < len(parts) and not _is_glob(parts[literal]):
+        literal += 1
+    head = os.path.realpath("/".join(parts[:literal]) or "/")
+    return "/".join([head.rstrip("/"), *parts[literal:]])
+
+
+class ExecAllowList:
+    """The executables an executor may run: absolute paths and globs.
+
+    An entry without ``*``, ``?`` or ``[`` is one file; an entry with them is a glob whose
+    wildcards match within one path component (``/opt/ml/bin/*`` matches
+    ``/opt/ml/bin/train``, not ``/opt/ml/bin/sub/train``). Entries have their symlinks
+    resolved once, here (for a glob, its leading literal directories). :meth:`allows` is
+    given an executable with its symlinks resolved (:func:`resolve_executable`), so a
+    symlink inside an allowed directory that points elsewhere is refused.
+
+    Raises ValueError naming the entry if one is empty or not absolute.
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        given = [p.strip() for p in patterns]
+        for pattern in given:
+            if not pattern or not pattern.startswith("/"):
+                raise ValueError(
+                    f"allow-list entry {pattern!r}: expected an absolute path or glob, "
+                    "e.g. /usr/bin/python3 or '/opt/ml/bin/*'"
+                )
+        self.patterns: tuple[str, ...] = tuple(given)
+        self._resolved = tuple(dict.fromkeys(_resolve_pattern(p) for p in given))
+
+    @classmethod
+    def read(cls, path: Path) -> list[str]:
+        """The entries of an allow-list file: one per line; blank lines and lines starting
+        with ``#`` are skipped. Raises ValueError naming the file and line of a bad entry,
+        OSError if the file cannot be read."""
+        entries: list[str] = []
+        text = Path(path).read_text(encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), start=1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            if not entry.startswith("/"):
+                raise ValueError(
+                    f"{path}:{number}: allow-list entry {entry!r} is not an absolute path or glob"
+                )
+            entries.append(entry)
+        return entries
+
+    def allows(self, executable: str) -> bool:
+        """Whether the resolved absolute path ``executable`` matches an entry."""
+        return any(_path_matches(executable, p) for p in self._resolved)
+
+    def describe(self) -> str:
+        """The entries as given, comma-separated (shortened if very long)."""
+        text = ", ".join(self.patterns) or "(empty: nothing may run)"
+        return text if len(text) <= _MAX_QUOTED_CHARS else text[:_MAX_QUOTED_CHARS] + ", ..."
+
+
+def _path_matches(path: str, pattern: str) -> bool:
+    """``path`` equals ``pattern``, or matches it component by component (fnmatch rules
+    within each component: a wildcard never matches ``/``)."""
+    if not _is_glob(pattern):
+        return path == pattern
+    parts, wanted = path.split("/"), pattern.split("/")
+    return len(parts) == len(wanted) and all(
+        fnmatch.fnmatchcase(part, want) for part, want in zip(parts, wanted, strict=True)
+    )
+
+
+def resolve_executable(argv0: str, env: Mapping[str, str], cwd: str | None = None) -> str | None:
+    """The file ``subprocess.Popen([argv0, ...], env=env)`` would run, as an absolute path
+    with symlinks resolved; None if there is none.
+
+    ``argv0`` with a ``/`` is taken relative to ``cwd`` (default: this process's working
+    directory); without one it is looked up in ``env``'s ``PATH`` (``os.defpath`` when
+    unset), the first executable regular file winning, as ``os.execvpe`` does.
+    """
+    base = os.getcwd() if cwd is None else cwd
+    if "/" in argv0:
+        candidates = [os.path.join(base, argv0)]
+    else:
+        candidates = [
+            os.path.join(base, directory or ".", argv0) for directory in os.get_exec_path(dict(env))
+        ]
+    for candidate in candidates:
+        if _is_executable_file(candidate):
+            return os.path.realpath(candidate)
+    return None
+
+
+def _is_executable_file(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def governance_mismatches(
+    governance: Mapping[str, str], labels: Mapping[str, str]
+) -> list[tuple[str, str, str | None]]:
+    """``(key, required value, node's value or None)`` for every governance tag that
+    ``labels`` does not carry with an equal value, sorted by key; empty when all match.
+
+    The placement's rule (``scheduler.cluster.ClusterArrays.label_mask``): a node is
+    eligible only if ``labels.get(key) == value`` for every tag. Pure.
+    """
+    return [
+        (key, value, labels.get(key))
+        for key, value in sorted(governance.items())
+        if labels.get(key) != value
+    ]
+
+
+def governance_refusal(
+    governance: Mapping[str, str], labels: Mapping[str, str], node_id: str
+) -> str | None:
+    """The refusal text when ``labels`` of node ``node_id`` miss a governance tag, e.g.
+    ``governance: task requires data_region=eu, node v100-3 has data_region=us``; None when
+    every tag matches. Pure."""
+    problems = [
+        f"task requires {key}={want}, node {node_id} "
+        + (f"has {key}={have}" if have is not None else f"has no {key} label")
+        for key, want, have in governance_mismatches(governance, labels)
+    ]
+    return "governance: " + "; ".join(problems) if problems else None
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """The outcome of :meth:`ExecutionGuard.check`: a refusal, or the file to execute
+    (None: nothing is executed, or no allow-list is set and ``Popen`` looks it up)."""
+
+    refusal: Refusal | None = None
+    executable: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecutionGuard:
+    """The executor's own checks before an attempt starts, in this order:
+
+    1. governance: every governance tag of the assignment must be a label of this node
+       with the same value (:func:`governance_refusal`), in real and replay mode alike;
+    2. executable (only when a command will run and ``allow_list`` is set): ``argv[0]``
+       resolved as the process would be (:func:`resolve_executable`, with the attempt's
+       environment) must be allowed by ``allow_list``. The verdict then names that resolved
+       file, and the runner executes exactly it.
+    """
+
+    node_id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    allow_list: ExecAllowList | None = None
+
+    def check(self, assignment: Assignment, runs_command: bool) -> GuardVerdict:
+        """Check ``assignment``; ``runs_command`` is False in replay mode (nothing is
+        executed, so the allow-list does not apply)."""
+        governance = governance_refusal(assignment.governance, self.labels, self.node_id)
+        if governance is not None:
+            return GuardVerdict(Refusal("governance", governance))
+        if self.allow_list is None or not runs_command or not assignment.command:
+            return GuardVerdict()
+        argv0 = assignment.command[0]
+        env = attempt_env(assignment, self.node_id)
+        resolved = resolve_executable(argv0, env)
+        allowed = self.allow_list.describe()
+        if resolved is None:
+            where = "" if "/" in argv0 else f" on PATH {_quote(env.get('PATH', os.defpath))}"
+            reason = f"executable {_quote(argv0)} not found{where}; allow-list: {allowed}"
+            return GuardVerdict(Refusal("executable", reason))
+        if not self.allow_list.allows(resolved):
+            shown = _quote(argv0) if resolved == argv0 else f"{_quote(argv0)} ({resolved})"
+            reason = (
+                f"executable {shown} is not allowed on node {self.node_id}; allow-list: {allowed}"
+            )
+            return GuardVerdict(Refusal("executable", reason))
+        return GuardVerdict(executable=resolved)
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

@@ -25,7 +25,8 @@ Core -> wire (:func:`wire_from_instruction`)
     unique per core state: a placement agent that restarts *without* replaying its inputs
     must use a fresh ``CoreConfig.decision_prefix``. The audit of a preemption that stops
     attempt ``a`` of task ``v`` is ``<decision_id>.<v>.<a>.audit`` (one preemption decision
-    may stop several attempts).
+    may stop several attempts). The outcome of a policy update with event id ``e`` is
+    ``e.policy``, that of a cancel command ``e.cancel``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ from pydantic import BaseModel
 from streamsched.schemas import commands as wire_commands
 from streamsched.schemas import lifecycle as wire
 from streamsched.schemas.codec import Event as WireEvent
-from streamsched.schemas.decisions import Assignment, DecisionAudit, DecisionCandidate, TaskEnded
+from streamsched.schemas.decisions import (
+    Assignment,
+    CancelOutcome,
+    DecisionAudit,
+    DecisionCandidate,
+    PolicyChanged,
+    TaskEnded,
+)
 from streamsched.schemas.nodes import NodeHeartbeat
 from streamsched.schemas.tasks import DeclaredWork, Priority, TaskRejected, TaskSubmitted
 from streamsched.schemas.types import CONTEXT_KNOWN_HARDWARE, MAX_ID_CHARS, MAX_TEXT_CHARS
@@ -54,6 +62,8 @@ from .instructions import (
     Candidate,
     Decision,
     Instruction,
+    PolicyRejected,
+    PolicyUpdated,
     Preempt,
     Reject,
     ShadowAssign,
@@ -73,7 +83,17 @@ PRIORITY_TO_CORE: dict[Priority, PriorityClass] = {
 _M = TypeVar("_M", bound=BaseModel)
 
 #: A wire record made from a core instruction.
-WireRecord = Assignment | DecisionAudit | TaskRejected | TaskEnded | wire_commands.StopAttempt
+WireRecord = (
+    Assignment
+    | DecisionAudit
+    | TaskRejected
+    | TaskEnded
+    | PolicyChanged
+    | CancelOutcome
+    | wire_commands.StopAttempt
+)
+#: A command whose outcome the scheduler answers on ``sched.decisions``.
+WireRequest = wire_commands.CancelTask | wire_commands.PolicyUpdate
 
 
 # ====================================================================== time
@@ -370,7 +390,7 @@ def assignment_to_wire(
 ) -> Assignment:
     """The ``task.assigned`` record the executor runs (event id
     ``<decision_id>.assignment``). ``submission`` supplies what the core does not carry:
-    command, env, tenant and task type."""
+    command, env, tenant, task type, and the governance tags the executor re-checks."""
     if submission.task_id != ins.task_id:
         raise ValueError(
             f"submission is for task {submission.task_id!r}, the assignment for {ins.task_id!r}"
@@ -394,6 +414,7 @@ def assignment_to_wire(
         env=dict(submission.env),
         tenant=submission.tenant,
         task_type=submission.task_type,
+        governance=dict(submission.governance),
     )
 
 
@@ -449,6 +470,7 @@ def wire_records_from_instruction(
     submissions: Mapping[str, TaskSubmitted],
     occurred_at: datetime,
     source: str,
+    requests: Mapping[str, WireRequest] | None = None,
 ) -> tuple[WireRecord, ...]:
     """Every wire record a core instruction becomes, in publishing order (empty when it
     has no wire form). Route each by its type:
@@ -467,9 +489,17 @@ def wire_records_from_instruction(
     (to ``sched.decisions`` only: a shadow decision never becomes an assignment);
     :class:`~.instructions.Reject` -> ``(TaskRejected,)``;
     a :class:`~.instructions.TaskTransition` into a terminal state -> ``(TaskEnded,)``
-    (to ``sched.decisions``, keyed by ``task_id``). Errors as
-    :func:`wire_from_instruction`.
+    (to ``sched.decisions``, keyed by ``task_id``);
+    :class:`~.instructions.PolicyUpdated` / :class:`~.instructions.PolicyRejected` ->
+    ``(PolicyChanged,)`` (to ``sched.decisions``, keyed ``"policy"``), naming as
+    ``requested_by`` the source of the ``command.update_policy`` found in ``requests``
+    (wire commands by event id) under the instruction's ``stimulus_id``, or ``unknown``.
+    Errors as :func:`wire_from_instruction`.
     """
+    if isinstance(ins, PolicyUpdated | PolicyRejected):
+        request = (requests or {}).get(ins.stimulus_id)
+        policy_request = request if isinstance(request, wire_commands.PolicyUpdate) else None
+        return (policy_change_to_wire(ins, policy_request, occurred_at=occurred_at, source=source),)
     if isinstance(ins, TaskTransition):
         if not ins.new.terminal:
             return ()
@@ -515,7 +545,8 @@ def wire_from_instruction(
       :func:`wire_records_from_instruction`, which returns it too.
     - anything else (``TaskTransition``, ``DeadlineInfeasible``, ``StaleEvent``,
       ``Learned``, ``PolicyUpdated``, ``PolicyRejected``) -> ``None``: status, metrics and
-      log material, not wire events.
+      log material here (:func:`wire_records_from_instruction` turns policy outcomes into
+      ``policy.changed`` records).
 
     ``occurred_at`` (aware) and ``source`` go into the envelopes.
     """
@@ -555,4 +586,86 @@ def stop_to_wire(
         reason=_text(ins.reason, "stopped by the scheduler"),
         decision_id=ins.decision_id if isinstance(ins, Preempt) else None,
         for_task_id=ins.for_task_id if isinstance(ins, Preempt) else None,
+    )
+
+
+def policy_change_to_wire(
+    ins: PolicyUpdated | PolicyRejected,
+    request: wire_commands.PolicyUpdate | None,
+    *,
+    occurred_at: datetime,
+    source: str,
+) -> PolicyChanged:
+    """The ``policy.changed`` record of a policy update's outcome (event id
+    ``<stimulus_id>.policy``). ``request`` is the update itself when known: its ``source``
+    becomes ``requested_by`` (else ``unknown``)."""
+    common: dict[str, Any] = {
+        "event_id": derived_event_id(ins.stimulus_id, "policy"),
+        "occurred_at": occurred_at,
+        "source": source,
+        "request_event_id": ins.stimulus_id[:MAX_ID_CHARS],
+        "requested_by": request.source if request is not None else "unknown",
+    }
+    if isinstance(ins, PolicyRejected):
+        return PolicyChanged(
+            **common,
+            accepted=False,
+            policy=ins.policy,
+            reason=_text(f"refused: {ins.reason}", "refused"),
+        )
+    return PolicyChanged(
+        **common,
+        accepted=True,
+        changed=ins.changed,
+        policy=ins.policy,
+        version=ins.version,
+        previous_policy=ins.previous_policy,
+        previous_version=ins.previous_version,
+        split_policy=ins.split_policy,
+        split_version=ins.split_version,
+        split_ratio=min(1.0, max(0.0, ins.split_ratio)),
+        shadow_policy=ins.shadow_policy,
+        shadow_version=ins.shadow_version,
+        parameters={name: float(value) for name, value in ins.parameters},
+        reason=_policy_reason(ins),
+    )
+
+
+def _policy_reason(ins: PolicyUpdated) -> str:
+    """Why, in words: what an accepted update changed."""
+    if not ins.changed:
+        return f"already live: {ins.version}; nothing changed"
+    parts = [
+        f"live {ins.version}"
+        + ("" if ins.version == ins.previous_version else f" (was {ins.previous_version})")
+    ]
+    if ins.split_version is not None:
+        parts.append(f"A/B split: {ins.split_version} places {ins.split_ratio:.0%} of tasks")
+    parts.append(f"shadow {ins.shadow_version}" if ins.shadow_version else "no shadow")
+    return _text("; ".join(parts), "policy changed")
+
+
+def cancel_outcome_to_wire(
+    request: wire_commands.CancelTask,
+    *,
+    accepted: bool,
+    outcome: str,
+    attempt: int,
+    occurred_at: datetime,
+    source: str,
+) -> CancelOutcome:
+    """The ``task.cancel_outcome`` answer to a cancel command (event id
+    ``<request event id>.cancel``, the same whether accepted or refused: a redelivered
+    cancel that the first one made moot is deduplicated by consumers)."""
+    return CancelOutcome(
+        event_id=derived_event_id(request.event_id, "cancel"),
+        occurred_at=occurred_at,
+        source=source,
+        task_id=request.task_id,
+        request_event_id=request.event_id,
+        requested_by=request.requested_by,
+        reason=request.reason,
+        accepted=accepted,
+        outcome=_text(outcome, "cancelled" if accepted else "refused"),
+        attempt=max(0, attempt),
     )

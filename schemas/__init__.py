@@ -11,7 +11,14 @@ from .codec import (
 )
 from .commands import CancelTask, PolicyUpdate, StopAttempt
 from .data import DataIngested
-from .decisions import Assignment, DecisionAudit, DecisionCandidate, TaskEnded
+from .decisions import (
+    Assignment,
+    CancelOutcome,
+    DecisionAudit,
+    DecisionCandidate,
+    PolicyChanged,
+    TaskEnded,
+)
 from .envelope import (
     SCHEMA_VERSION,
     SUPPORTED_SCHEMA_VERSIONS,
@@ -53,6 +60,7 @@ __all__ = [
     "SUPPORTED_SCHEMA_VERSIONS",
     "Assignment",
     "AttemptEvent",
+    "CancelOutcome",
     "CancelTask",
     "DataIngested",
     "DecisionAudit",
@@ -65,6 +73,7 @@ __all__ = [
     "ModelDrift",
     "NodeHeartbeat",
     "NodeResources",
+    "PolicyChanged",
     "PolicyUpdate",
     "Priority",
     "RunningAttempt",

@@ -20,7 +20,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from .commands import CancelTask, PolicyUpdate, StopAttempt
 from .data import DataIngested
-from .decisions import Assignment, DecisionAudit, TaskEnded
+from .decisions import Assignment, CancelOutcome, DecisionAudit, PolicyChanged, TaskEnded
 from .envelope import (
     SUPPORTED_SCHEMA_VERSIONS,
     WIRE_REQUIRED_FIELDS,
@@ -59,6 +59,8 @@ Event: TypeAlias = (
     | Assignment
     | DecisionAudit
     | TaskEnded
+    | CancelOutcome
+    | PolicyChanged
     | CancelTask
     | PolicyUpdate
     | StopAttempt
@@ -160,6 +162,12 @@ def _parse(raw: bytes | str, max_bytes: int) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         reason = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         raise InvalidEvent(None, PAYLOAD_FIELD, reason) from None
+    except InvalidEvent:
+        raise
+    except RecursionError:
+        raise InvalidEvent(None, PAYLOAD_FIELD, "JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        raise InvalidEvent(None, PAYLOAD_FIELD, f"not acceptable JSON: {exc}") from None
     if not isinstance(data, dict):
         reason = f"expected a JSON object, got {type(data).__name__}"
         raise InvalidEvent(None, PAYLOAD_FIELD, reason)

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     ValidationInfo,
@@ -25,6 +26,7 @@ from .types import (
     Fraction,
     HardwareClass,
     Identifier,
+    Labels,
     Text,
     fail,
 )
@@ -62,6 +64,11 @@ class Assignment(EventEnvelope):
     env: EnvMap = Field(default_factory=dict)
     tenant: Identifier
     task_type: Identifier
+    governance: Labels = Field(
+        default_factory=dict,
+        description="The task's governance tags (e.g. data_region=eu): the executor "
+        "refuses the attempt unless its node carries each as an equal label.",
+    )
 
     @field_validator("gpu_indices")
     @classmethod
@@ -207,3 +214,64 @@ class TaskEnded(EventEnvelope):
     state: Literal["succeeded", "failed", "cancelled"]
     attempt: StrictInt = Field(ge=0, description="The last attempt (0: it never ran).")
     reason: Text
+
+
+_ParamValue = StrictFloat | StrictInt
+
+
+class PolicyChanged(EventEnvelope):
+    """The outcome of a ``command.update_policy``: applied (``accepted``) or refused.
+    Published by the placement agent to ``sched.decisions``, keyed ``"policy"``, once per
+    update (event id ``<request_event_id>.policy``, so a replay republishes the same id).
+
+    ``requested_by`` is the update's ``source``; ``reason`` says why: what changed (or
+    that the configuration was already live, ``changed=false``) or what is wrong with a
+    refused update. Accepted: ``policy``/``version`` are the live policy after the update,
+    ``previous_*`` the one before, ``split_*`` and ``shadow_*`` the A/B split and shadow
+    policy now in force, ``parameters`` the live policy's values that differ from its
+    defaults. Refused: ``policy`` is the policy the update asked for, and nothing changed
+    (the version, previous, split and shadow fields are null).
+    """
+
+    type: Literal["policy.changed"] = "policy.changed"
+    request_event_id: Identifier = Field(description="event_id of the command.update_policy.")
+    requested_by: Identifier = Field(description="Who asked: the update's source.")
+    accepted: StrictBool = Field(description="False: refused, nothing changed.")
+    changed: StrictBool = Field(default=False, description="True when the configuration changed.")
+    policy: Identifier
+    version: Identifier | None = None
+    previous_policy: Identifier | None = None
+    previous_version: Identifier | None = None
+    split_policy: Identifier | None = None
+    split_version: Identifier | None = None
+    split_ratio: Fraction = 1.0
+    shadow_policy: Identifier | None = None
+    shadow_version: Identifier | None = None
+    parameters: dict[Identifier, _ParamValue] = Field(
+        default_factory=dict,
+        max_length=MAX_LIST_ITEMS,
+        description="The live policy's parameters that differ from its defaults.",
+    )
+    reason: Text
+
+
+class CancelOutcome(EventEnvelope):
+    """The outcome of a ``command.cancel_task``: ``accepted`` (the task was live and is now
+    cancelled; its ``task.ended`` follows) or refused (the task had already ended, or the
+    scheduler has no record of it). Published by the placement agent to
+    ``sched.decisions``, keyed by task id (event id ``<request_event_id>.cancel``: a
+    redelivered cancel, refused because the first one ended the task, carries the same id
+    and is dropped by consumers that deduplicate).
+
+    ``requested_by`` and ``reason`` are the request's; ``outcome`` is the scheduler's
+    answer in words; ``attempt`` the task's attempt when the command was applied (0: it
+    never ran, or is unknown)."""
+
+    type: Literal["task.cancel_outcome"] = "task.cancel_outcome"
+    task_id: Identifier
+    request_event_id: Identifier = Field(description="event_id of the command.cancel_task.")
+    requested_by: Identifier = Field(description="Who asked: the command's requested_by.")
+    reason: Text = Field(description="Why the requester cancelled.")
+    accepted: StrictBool
+    outcome: Text = Field(description="What the scheduler did, e.g. 'cancelled while running'.")
+    attempt: StrictInt = Field(default=0, ge=0)

@@ -15,6 +15,7 @@ from streamsched.scheduler import events as core_events
 from streamsched.scheduler.convert import (
     PRIORITY_TO_CORE,
     assignment_to_wire,
+    cancel_outcome_to_wire,
     core_event_from_wire,
     core_time_from_datetime,
     datetime_from_core_time,
@@ -354,6 +355,19 @@ NON_STIMULI: list[wire_schemas.Event] = [
     # The core's own output to executors, not a stimulus of the core.
     wire_schemas.StopAttempt(
         **WIRE, task_id="t-1", attempt=1, node_id="node-7", mode="cancel", reason="cancelled"
+    ),
+    # The placement agent's answers to commands (audit trail), not stimuli.
+    wire_schemas.PolicyChanged(
+        **WIRE, request_event_id="p-1", requested_by="cli", accepted=False, policy="x", reason="r"
+    ),
+    wire_schemas.CancelOutcome(
+        **WIRE,
+        task_id="t-1",
+        request_event_id="c-1",
+        requested_by="vision",
+        reason="not needed",
+        accepted=True,
+        outcome="cancelled while queued",
     ),
 ]
 
@@ -803,6 +817,93 @@ def test_an_invalid_policy_update_is_rejected_with_a_reason() -> None:
     assert "oracle" in rejected.reason
     assert core.policy.name == "forecast"
     assert wire_from_instruction(rejected, submissions={}, occurred_at=T0, source="p") is None
+
+
+def test_policy_outcomes_become_policy_changed_records_naming_who_and_why() -> None:
+    core = placement_core()
+    good = wire_schemas.PolicyUpdate(
+        **{**WIRE, "source": "ops/alice"},
+        event_id="w-good",
+        policy="best-fit",
+        parameters={"max_scan": 32},
+        shadow_policy="least-loaded",
+    )
+    bad = wire_schemas.PolicyUpdate(**WIRE, event_id="w-bad", policy="no-such-policy")
+    out = run(core, good, bad, now_s=T0.timestamp())
+    requests = {good.event_id: good, bad.event_id: bad}
+    records = [
+        r
+        for ins in out
+        for r in wire_records_from_instruction(
+            ins, submissions={}, occurred_at=T0, source="placement:d", requests=requests
+        )
+    ]
+    accepted, refused = records
+    assert isinstance(accepted, wire_schemas.PolicyChanged)
+    assert isinstance(refused, wire_schemas.PolicyChanged)
+    assert (accepted.event_id, accepted.request_event_id) == ("w-good.policy", "w-good")
+    assert (accepted.requested_by, accepted.accepted, accepted.changed) == (
+        "ops/alice",
+        True,
+        True,
+    )
+    assert (accepted.policy, accepted.previous_policy) == ("best-fit", "forecast")
+    assert accepted.shadow_policy == "least-loaded"
+    assert accepted.parameters == {"max_scan": 32.0}
+    assert "was forecast/" in accepted.reason
+    assert "shadow least-loaded" in accepted.reason
+    assert (refused.event_id, refused.accepted, refused.changed) == ("w-bad.policy", False, False)
+    assert refused.requested_by == "executor/node-7"  # WIRE's source
+    assert refused.policy == "no-such-policy"
+    assert refused.reason.startswith("refused: ")
+    assert "no-such-policy" in refused.reason
+    assert refused.version is None
+    for record in records:  # valid on the wire, round trip intact
+        assert decode(encode(record)) == record
+
+
+def test_a_policy_outcome_without_its_request_names_an_unknown_requester() -> None:
+    ins = PolicyRejected("w-lost", "nope", "unknown policy 'nope'")
+    (record,) = wire_records_from_instruction(ins, submissions={}, occurred_at=T0, source="p")
+    assert isinstance(record, wire_schemas.PolicyChanged)
+    assert record.requested_by == "unknown"
+
+
+def test_an_unchanged_policy_update_is_recorded_as_accepted_without_change() -> None:
+    core = placement_core()
+    same = wire_schemas.PolicyUpdate(**WIRE, event_id="w-same", policy="forecast")
+    (ins,) = run(core, same, now_s=T0.timestamp())
+    (record,) = wire_records_from_instruction(
+        ins, submissions={}, occurred_at=T0, source="p", requests={"w-same": same}
+    )
+    assert isinstance(record, wire_schemas.PolicyChanged)
+    assert (record.accepted, record.changed) == (True, False)
+    assert record.reason.startswith("already live")
+
+
+def test_cancel_outcome_ids_are_derived_from_the_request() -> None:
+    request = wire_schemas.CancelTask(
+        **WIRE, event_id="w-cancel", task_id="t-1", reason="not needed", requested_by="vision"
+    )
+    refused = cancel_outcome_to_wire(
+        request, accepted=False, outcome="refused", attempt=0, occurred_at=T0, source="p"
+    )
+    accepted = cancel_outcome_to_wire(
+        request,
+        accepted=True,
+        outcome="cancelled while queued",
+        attempt=0,
+        occurred_at=T0,
+        source="p",
+    )
+    # Same id either way: a redelivered cancel refused after the first one succeeded is a
+    # duplicate for consumers, not a contradiction.
+    assert refused.event_id == accepted.event_id == "w-cancel.cancel"
+    assert (accepted.requested_by, accepted.reason, accepted.task_id) == (
+        "vision",
+        "not needed",
+        "t-1",
+    )
 
 
 def test_a_replay_clock_maps_wire_times_into_core_time() -> None:

@@ -290,3 +290,14 @@ __all__ = [
     "serve",
     "set_consumer_lag",
 ]
+
+# --------------------------------------------------------------------- executor guard
+# Assignments an executor refused to start (agents/executor.py ExecutionGuard): the
+# executable is not on --allow-exec, or a governance tag does not match this node's labels.
+EXECUTOR_REFUSALS = Counter(
+    "streamsched_executor_refusals_total",
+    "Assignments the executor refused to start, by reason (executable, governance); each "
+    "is reported as a non-retryable task.failed.",
+    ["reason"],
+)
+__all__ += ["EXECUTOR_REFUSALS"]

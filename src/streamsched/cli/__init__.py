@@ -15,6 +15,7 @@ import typer
 from streamsched import __version__
 
 from . import (
+    audit_cmd,
     bench,
     executor_cmd,
     forecast_cmd,
@@ -51,6 +52,7 @@ app.command("placement")(live.placement)
 app.command("executor")(executor_cmd.executor)
 app.command("broker")(live.broker)
 app.command("shadow-report")(shadow_cmd.shadow_report)
+app.command("audit")(audit_cmd.audit)
 # Offline: simulation, schemas, benchmarks.
 app.command("simulate")(simulate)
 app.add_typer(schemas_cmd.app, name="schemas")

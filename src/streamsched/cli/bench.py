@@ -282,3 +282,59 @@ def _verdict(result: PipelineResult) -> str:
         f"pipeline p99 / raw p99 at {where}: {result.ratio():.1f}x (target <= 5x); "
         f"sustained: {result.sustained_per_s():,.0f} submissions/s (target >= 2,000/s)"
     )
+
+
+@app.command("fuzz")
+def fuzz(
+    malformed: Annotated[int, typer.Option(min=0, help="Malformed records to produce.")] = 10_000,
+    valid: Annotated[int, typer.Option(min=0, help="Valid submissions interleaved.")] = 1_000,
+    seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 0,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Leave out a malformed kind (repeatable), e.g. oversize."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
+) -> None:
+    """Produce malformed records interleaved with valid submissions to a live placement
+    agent and processor (KAFKA_BOOTSTRAP_SERVERS, else an embedded broker); check that every
+    malformed one is dead-lettered once with a reason, every valid one processed, and that
+    no process died. Exits 1 when an invariant fails."""
+    from streamsched.fuzz import FuzzError, run_fuzz
+
+    err, out = stderr_console(), stdout_console()
+    with cli_errors():
+        try:
+            result = run_fuzz(
+                malformed,
+                valid,
+                seed,
+                exclude=frozenset(exclude or ()),
+                on_stage=lambda s: err.print(f"[fuzz] {s}", markup=False, soft_wrap=True),
+            )
+        except FuzzError as exc:
+            raise ValueError(str(exc)) from None
+    r = result
+    rate = (r.malformed + r.valid) / max(r.produce_s + r.settle_s, 1e-9)
+    rss = ", ".join(f"{k} {v:.0f} MiB" for k, v in r.peak_rss_mib.items())
+    for line in (
+        f"broker: {r.broker}; wall {r.wall_s:.1f} s (produce {r.produce_s:.1f} s, "
+        f"settle {r.settle_s:.1f} s); {rate:,.0f} records/s end to end",
+        f"malformed {r.malformed:,}: dead-lettered {r.dead_lettered:,} (with reason "
+        f"{r.dead_lettered_with_reason:,}, twice {r.dead_lettered_twice}, bytes changed "
+        f"{r.dead_letter_bytes_changed}), refused by the broker {r.refused_by_broker}",
+        f"valid {r.valid:,}: processed {r.valid_processed:,} (audited {r.valid_audited:,}, in "
+        f"the status view {r.valid_in_status_view:,}), dead-lettered {r.valid_dead_lettered}",
+        f"crashes {r.crashes} (exit codes {r.exit_codes}); peak RSS: {rss}",
+        *(f"{name} died; log tail:\n{log[-1500:]}" for name, log in r.crash_logs.items()),
+        *r.missing[:20],
+        "PASS" if r.ok else "FAIL",
+    ):
+        out.print(line, markup=False, soft_wrap=True)
+    if json_out is not None:
+        with cli_errors("--json"):
+            json_out.write_text(json.dumps(json_safe(r.to_dict()), indent=2) + "\n", "utf-8")
+        out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
+    if not r.ok:
+        raise typer.Exit(1)

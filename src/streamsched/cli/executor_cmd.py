@@ -19,6 +19,7 @@ import typer
 
 from streamsched import metrics
 from streamsched.agents.executor import ExecutorAgent
+from streamsched.agents.runner import ExecAllowList
 from streamsched.broker import client_config
 from streamsched.scheduler.model import NodeSpec
 from streamsched.schemas.hardware import KNOWN_HARDWARE_CLASSES, normalize_hardware
@@ -26,7 +27,7 @@ from streamsched.schemas.hardware import KNOWN_HARDWARE_CLASSES, normalize_hardw
 from ._common import cli_errors, fail
 from .live import require_bootstrap, run_until_signalled
 
-__all__ = ["executor", "parse_cpus", "parse_memory_mib"]
+__all__ = ["allow_list_from_options", "executor", "parse_cpus", "parse_memory_mib"]
 
 _MEMORY_UNITS = {"mib": 1, "mi": 1, "gib": 1024, "gi": 1024, "tib": 1024**2, "ti": 1024**2}
 _QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
@@ -73,6 +74,30 @@ def _parse_labels(items: list[str] | None) -> dict[str, str]:
             fail(f"--label {item!r}: expected KEY=VALUE, e.g. 'data_region=eu'")
         labels[key.strip()] = value.strip()
     return labels
+
+
+def allow_list_from_options(
+    entries: list[str] | None, files: list[Path] | None
+) -> ExecAllowList | None:
+    """The allow-list of ``--allow-exec`` entries plus the entries of each
+    ``--allow-exec-file``; None when neither option was given (every executable allowed).
+
+    Raises ValueError naming the option, file and line of a bad entry or unreadable file.
+    """
+    if not entries and not files:
+        return None
+    patterns = list(entries or [])
+    for path in files or []:
+        try:
+            patterns.extend(ExecAllowList.read(path))
+        except OSError as exc:
+            raise ValueError(f"--allow-exec-file {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"--allow-exec-file {exc}") from None
+    try:
+        return ExecAllowList(patterns)
+    except ValueError as exc:
+        raise ValueError(f"--allow-exec: {exc}") from None
 
 
 def executor(
@@ -125,6 +150,22 @@ def executor(
             "attempt (as the simulator does).",
         ),
     ] = None,
+    allow_exec: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-exec",
+            help="Only run executables matching this absolute path or glob (repeatable; "
+            "argv[0] is resolved through PATH and symlinks first). Default: any.",
+        ),
+    ] = None,
+    allow_exec_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-exec-file",
+            help="File of allow-list entries, one per line ('#' comments); adds to "
+            "--allow-exec (repeatable).",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -144,6 +185,9 @@ def executor(
     with cli_errors():
         memory_mib = parse_memory_mib(memory)
         cpu_milli = parse_cpus(cpus)
+        allow_list = allow_list_from_options(allow_exec, allow_exec_file)
+    if allow_list is not None and not allow_list.patterns:
+        typer.echo("warning: the allow-list is empty: no command will run", err=True)
     if not node_id.strip() or any(c.isspace() for c in node_id):
         fail(f"--node-id {node_id!r}: must be non-empty without whitespace")
     if replay_speedup is not None and not replay_speedup > 0:
@@ -168,6 +212,7 @@ def executor(
             progress_poll_s=progress_poll_s,
             progress_interval_s=progress_interval_s,
             replay_progress_after_s=replay_progress_after_s,
+            allow_list=allow_list,
         )
     if hardware_class not in KNOWN_HARDWARE_CLASSES:
         typer.echo(
