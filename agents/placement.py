@@ -95,6 +95,7 @@ from streamsched.scheduler.simulator import forecaster_for
 from streamsched.scheduler.trace import ReplayClock
 from streamsched.schemas import codec
 from streamsched.schemas.commands import CancelTask, PolicyUpdate, StopAttempt
+from streamsched.schemas.deadletter import bounded_value
 from streamsched.schemas.decisions import (
     Assignment,
     CancelOutcome,
@@ -619,7 +620,8 @@ class PlacementAgent:
             ("source.partition", str(where[1])),
             ("source.offset", str(where[2])),
         ]
-        self._produce(DEAD_LETTER, msg.key(), msg.value() or b"", headers)
+        value, extra = bounded_value(msg.value() or b"")
+        self._produce(DEAD_LETTER, msg.key(), value, [*headers, *extra])
 
     # ------------------------------------------------------------------ metrics
 
@@ -893,6 +895,11 @@ class PlacementAgent:
                 return
             except BufferError:  # local queue full: serve deliveries, retry
                 producer.poll(0.5)
+            except KafkaException as exc:  # e.g. too large: never fatal for the agent
+                logger.error(
+                    "dropping a record of %d bytes for %s: %s", len(value), topic, exc.args[0]
+                )
+                return
         logger.error("dropping a record for %s: producer queue full", topic)
 
 

@@ -74,8 +74,10 @@ EVENT_TYPES: Final[dict[str, type[EventEnvelope]]] = {
     event_type_of(cls): cls for cls in _EVENT_CLASSES
 }
 
-#: Default largest accepted payload: 1 MiB.
-DEFAULT_MAX_BYTES = 1_048_576
+#: Default largest accepted payload: 512 KiB. Half of Kafka's usual record limit (about
+#: 1 MB), so that what the scheduler derives from an event (an assignment copies a
+#: submission's command and environment) still fits in one record.
+DEFAULT_MAX_BYTES = 524_288
 
 E = TypeVar("E", bound=EventEnvelope)
 

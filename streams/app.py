@@ -49,6 +49,7 @@ from streamsched.broker import ensure_topics
 
 from ..schemas import codec, topics
 from ..schemas.data import DataIngested
+from ..schemas.deadletter import bounded_value
 from ..schemas.errors import PAYLOAD_FIELD, InvalidEvent
 from ..schemas.hardware import hardware_named_in
 from ..schemas.nodes import NodeHeartbeat
@@ -609,7 +610,9 @@ async def _dead_letter(topic: Any, msg: Any, raw: bytes, exc: InvalidEvent) -> N
         ("source.partition", str(msg.partition).encode()),
         ("source.offset", str(msg.offset).encode()),
     ]
-    await topic.send(key=msg.key, value=raw, headers=headers)
+    value, extra = bounded_value(raw)
+    headers += [(name, text.encode()) for name, text in extra]
+    await topic.send(key=msg.key, value=value, headers=headers)
 
 
 async def _wait_for_port(host: str, port: int) -> None:

@@ -25,11 +25,6 @@ def test_malformed_records_are_dead_lettered_once_and_valid_ones_processed(
     assert result.ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the placement agent dies dead-lettering a record over librdkafka's "
-    "message.max.bytes (agents/placement.py _produce catches only BufferError)",
-)
 def test_an_oversize_record_is_dead_lettered_without_a_crash(kafka_bootstrap: str) -> None:
     result = run_fuzz(20, 5, seed=2, bootstrap=kafka_bootstrap, settle_timeout_s=60.0)
     assert result.crashes == 0, result.crash_logs
