@@ -67,6 +67,9 @@ COMPONENT: Final = "processor"
 TASK_TOPICS: Final = (topics.TASKS_SUBMITTED, topics.DECISIONS, topics.TASK_EVENTS, topics.COMMANDS)
 #: How often the trigger timer checks for held-back fires that became due.
 TICK_INTERVAL_S: Final = 1.0
+#: Per-partition fetch size of the processor's consumer: above any record size a broker
+#: is likely to accept (Kafka's default is about 1 MB; the embedded broker took 2 MiB).
+CONSUMER_MAX_FETCH_BYTES: Final = 8 * 1024 * 1024
 #: How often the consumer-lag gauge is refreshed, seconds.
 LAG_INTERVAL_S: Final = 5.0
 #: How often the model timer publishes drift events and checks for a timed checkpoint.
@@ -372,6 +375,9 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
         web_host=cfg.web_bind,
         web_port=cfg.web_port,
         producer_max_batch_size=1,
+        # At least the largest record a broker may hold: a hostile record over the default
+        # 1 MiB would otherwise stall its partition for good (aiokafka cannot fetch it).
+        consumer_max_fetch_size=CONSUMER_MAX_FETCH_BYTES,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import pytest
 
@@ -70,11 +71,15 @@ class ProcessorRun:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": servers}
+        # Output to files, not pipes: the processor logs a line per bad record in the
+        # shared topics' history and must never block on a full pipe.
+        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop)
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
             [str(CLI), "processor", "--web-port", str(self.port), "--app-id", APP_ID,
              "--checkpoint-every", "5", "--checkpoint-interval", "3600",
              "--loglevel", "warning"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env, stdout=self._out, stderr=self._err, text=True,
         )  # fmt: skip
         _wait("the status view", lambda: _get(f"{self.url}/models"), timeout_s=90)
 
@@ -89,12 +94,20 @@ class ProcessorRun:
     def stop(self) -> tuple[str, str]:
         self.proc.terminate()
         try:
-            out, err = self.proc.communicate(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
+            self.proc.wait()
+        out, err = (_read(f) for f in (self._out, self._err))
         assert self.proc.returncode == 0, err[-3000:]
         return out, err
+
+
+def _read(file: IO[str]) -> str:
+    file.seek(0)
+    text = file.read()
+    file.close()
+    return text
 
 
 def _env() -> dict[str, Any]:
