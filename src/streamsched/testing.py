@@ -21,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -58,6 +60,7 @@ from streamsched.scheduler.instructions import (
 from streamsched.scheduler.model import GPU_MILLI, NodeSpec, PriorityClass, TaskSpec
 from streamsched.scheduler.policies import get_policy
 from streamsched.scheduler.simulator import forecaster_for
+from streamsched.schemas.tasks import TaskSubmitted as WireTaskSubmitted
 
 __all__ = [
     "assigns",
@@ -475,3 +478,28 @@ class TopicReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wire_submission(
+    task_id: str,
+    *,
+    governance: Mapping[str, str] | None = None,
+    command: Iterable[str] | None = None,
+    hardware: str = "gpu-v100",
+) -> WireTaskSubmitted:
+    """A valid wire ``task.submitted`` for live tests: one GPU of ``hardware``, tenant
+    ``team-a``, type ``smoke``, the given governance tags (a test's own label keeps other
+    tests' nodes away), running ``command`` (default: a Python one-liner that prints)."""
+    return WireTaskSubmitted.model_validate(
+        {
+            "occurred_at": datetime.now(UTC),
+            "source": "test",
+            "task_id": task_id,
+            "idempotency_key": f"key-{task_id}",
+            "tenant": "team-a",
+            "task_type": "smoke",
+            "resources": {"gpus": 1, "allowed_hardware": [hardware]},
+            "governance": dict(governance or {}),
+            "command": list(command or (sys.executable, "-c", "print('ok')")),
+        }
+    )

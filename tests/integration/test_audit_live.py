@@ -34,7 +34,7 @@ from streamsched.schemas.decisions import CancelOutcome, PolicyChanged, TaskEnde
 from streamsched.schemas.envelope import EventEnvelope
 from streamsched.schemas.lifecycle import TaskStarted
 from streamsched.schemas.tasks import TaskSubmitted
-from streamsched.testing import TopicReader, running_in_thread
+from streamsched.testing import TopicReader, running_in_thread, wire_submission
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
 
@@ -59,19 +59,8 @@ def _produce(config: dict[str, Any], topic: str, key: str, event: EventEnvelope)
 
 
 def _submission(task_id: str, tag: dict[str, str], code: str) -> TaskSubmitted:
-    return TaskSubmitted.model_validate(
-        {
-            "occurred_at": datetime.now(UTC),
-            "source": "test",
-            "task_id": task_id,
-            "idempotency_key": f"key-{task_id}",
-            "tenant": "team-a",
-            "task_type": "smoke",
-            "resources": {"gpus": 1, "allowed_hardware": [HARDWARE]},
-            "governance": tag,
-            "command": [sys.executable, "-c", code],
-        }
-    )
+    command = (sys.executable, "-c", code)
+    return wire_submission(task_id, governance=tag, command=command, hardware=HARDWARE)
 
 
 def _cli(config: dict[str, Any], *args: str) -> str:

@@ -34,7 +34,7 @@ from streamsched.schemas import codec, topics
 from streamsched.schemas.decisions import Assignment, DecisionAudit
 from streamsched.schemas.lifecycle import TaskCompleted, TaskFailed, TaskStarted
 from streamsched.schemas.tasks import TaskSubmitted
-from streamsched.testing import TopicReader, running_in_thread
+from streamsched.testing import TopicReader, running_in_thread, wire_submission
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
@@ -192,19 +192,8 @@ def test_a_governance_mismatch_is_refused_by_the_executor(
 
 
 def _submission(task_id: str, governance: dict[str, str], marker: Path) -> TaskSubmitted:
-    return TaskSubmitted.model_validate(
-        {
-            "occurred_at": datetime.now(UTC),
-            "source": "test",
-            "task_id": task_id,
-            "idempotency_key": f"key-{task_id}",
-            "tenant": "team-a",
-            "task_type": "smoke",
-            "resources": {"gpus": 1, "allowed_hardware": [HARDWARE]},
-            "governance": governance,
-            "command": list(_writes(marker)),
-        }
-    )
+    command = _writes(marker)
+    return wire_submission(task_id, governance=governance, command=command, hardware=HARDWARE)
 
 
 def test_the_placement_never_assigns_a_task_no_node_may_run(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import urllib.request
 import uuid
@@ -47,6 +46,7 @@ from streamsched.testing import (
     submitted,
     task,
     up,
+    wire_submission,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
@@ -64,19 +64,7 @@ def _node(node_id: str, labels: dict[str, str] | None = None) -> NodeSpec:
 
 
 def _submission(task_id: str, governance: dict[str, str] | None = None) -> TaskSubmitted:
-    return TaskSubmitted.model_validate(
-        {
-            "occurred_at": datetime.now(UTC),
-            "source": "test",
-            "task_id": task_id,
-            "idempotency_key": f"key-{task_id}",
-            "tenant": "team-a",
-            "task_type": "smoke",
-            "resources": {"gpus": 1, "allowed_hardware": [HARDWARE]},
-            "governance": governance or {},
-            "command": [sys.executable, "-c", "print('ok')"],
-        }
-    )
+    return wire_submission(task_id, governance=governance, hardware=HARDWARE)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ off again so agents of later tests that read the command topic end in the defaul
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections import Counter
@@ -34,7 +33,7 @@ from streamsched.schemas.hardware import assignment_topic
 from streamsched.schemas.lifecycle import TaskCompleted, TaskStarted
 from streamsched.schemas.tasks import TaskSubmitted
 from streamsched.shadowreport import compare
-from streamsched.testing import TopicReader, running_in_thread
+from streamsched.testing import TopicReader, running_in_thread, wire_submission
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -69,19 +68,7 @@ def _update(shadow: str | None) -> PolicyUpdate:
 
 
 def _submission(task_id: str, tag: dict[str, str]) -> TaskSubmitted:
-    return TaskSubmitted.model_validate(
-        {
-            "occurred_at": datetime.now(UTC),
-            "source": "test",
-            "task_id": task_id,
-            "idempotency_key": f"key-{task_id}",
-            "tenant": "team-a",
-            "task_type": "smoke",
-            "resources": {"gpus": 1, "allowed_hardware": [HARDWARE]},
-            "governance": tag,
-            "command": [sys.executable, "-c", "print('ok')"],
-        }
-    )
+    return wire_submission(task_id, governance=tag, hardware=HARDWARE)
 
 
 def test_shadow_decisions_are_audited_and_never_executed(
