@@ -645,7 +645,7 @@ def _run(
         dead, audited = _settle(config, sent, children, node, settle_timeout_s)
         result.settle_s = time.monotonic() - t1
         valid_ids = [s.task_id for s in sent.values() if s.task_id is not None]
-        in_view = _status_view(web_port, valid_ids)
+        in_view = _status_view(web_port, valid_ids, settle_timeout_s)
         for child in children:
             result.peak_rss_mib[child.name] = peak_rss_mib(child.process.pid)
         result.crashes = sum(1 for c in children if not c.alive)
@@ -864,8 +864,22 @@ def _on_decision(msg: Message, valid_ids: set[str], audited: set[str]) -> None:
         audited.add(event.task_id)
 
 
-def _status_view(port: int, task_ids: list[str]) -> set[str]:
-    """The ids the processor's status view knows in a state other than ``rejected``."""
+def _status_view(port: int, task_ids: list[str], timeout_s: float = 60.0) -> set[str]:
+    """The ids the processor's status view knows in a state other than ``rejected``. The
+    processor may run behind the placement agent (whose audits ``_settle`` waited for), so
+    the view is asked again, for the ids it did not know yet, until it knows them all or
+    ``timeout_s`` passes."""
+    known: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        known |= _known_in_view(port, [t for t in task_ids if t not in known])
+        if len(known) == len(set(task_ids)) or time.monotonic() >= deadline:
+            return known
+        time.sleep(0.5)
+
+
+def _known_in_view(port: int, task_ids: list[str]) -> set[str]:
+    """One pass over ``task_ids``: those the view knows in a state other than ``rejected``."""
     known: set[str] = set()
     for task_id in task_ids:
         url = f"http://127.0.0.1:{port}/tasks/{urllib.parse.quote(task_id, safe='')}"
