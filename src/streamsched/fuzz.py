@@ -869,11 +869,12 @@ def _status_view(port: int, task_ids: list[str], timeout_s: float = 60.0) -> set
     processor may run behind the placement agent (whose audits ``_settle`` waited for), so
     the view is asked again, for the ids it did not know yet, until it knows them all or
     ``timeout_s`` passes."""
+    wanted = set(task_ids)
     known: set[str] = set()
     deadline = time.monotonic() + timeout_s
     while True:
-        known |= _known_in_view(port, [t for t in task_ids if t not in known])
-        if len(known) == len(set(task_ids)) or time.monotonic() >= deadline:
+        known |= _known_in_view(port, sorted(wanted - known))
+        if known == wanted or time.monotonic() >= deadline:
             return known
         time.sleep(0.5)
 
