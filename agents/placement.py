@@ -65,6 +65,17 @@ from confluent_kafka.admin import AdminClient
 
 from streamsched import metrics
 from streamsched.agents.partitioning import ASSIGNMENT_PARTITIONS, partition_for
+from streamsched.agents.placement_journal import (
+    InputFetcher,
+    JournalError,
+    JournalHeader,
+    JournalWriter,
+    Run,
+    digest,
+    journal_topic,
+    read_journal,
+    runs_of,
+)
 from streamsched.broker import ensure_topics
 from streamsched.scheduler import events as core_events
 from streamsched.scheduler.convert import (
@@ -326,6 +337,8 @@ class PlacementAgent:
         group_id: str = GROUP_ID,
         start_at_end: bool = False,
         forecaster: RuntimeForecaster | None = None,
+        journal: bool = True,
+        forecaster_identity: Mapping[str, Any] | None = None,
     ) -> None:
         if not tick_s > 0:
             raise ValueError(f"tick must be positive, got {tick_s}")
@@ -378,6 +391,34 @@ class PlacementAgent:
         self._in_flight = InFlight()
         self._producer: Producer | None = None
         self._next_gauges = 0.0
+        #: The journal (wall-clock mode; see :mod:`.placement_journal`): its topic, the
+        #: header a restart must match, its writer while running.
+        self.journal_topic = (
+            journal_topic(decision_prefix) if journal and not self.event_time else None
+        )
+        if forecaster_identity is None:
+            forecaster_identity = (
+                {"kind": "cold"}
+                if forecaster is None
+                else {
+                    "kind": "given",
+                    "name": getattr(forecaster, "name", type(forecaster).__name__),
+                }
+            )
+        self.journal_header = JournalHeader(
+            policy=policy,
+            decision_prefix=decision_prefix,
+            core_config=_jsonable(asdict(self.core.config)),
+            forecaster=dict(forecaster_identity),
+        )
+        self._journal: JournalWriter | None = None
+        #: While restoring: outputs are not produced (they were delivered before), and
+        #: entries are not journaled again.
+        self._replaying = False
+        self._suppress = False
+        self._last_digest = ""
+        #: What the last restore did (read by tests and ``streamsched chaos``).
+        self.restore = RestoreReport()
 
     # ------------------------------------------------------------------ main loop
 
@@ -410,11 +451,22 @@ class PlacementAgent:
                 TopicPartition(topic, p) for topic in INPUT_TOPICS for p in meta[topic].partitions
             ]
             start = OFFSET_END if self.start_at_end else OFFSET_BEGINNING
-            committed = consumer.committed(wanted, timeout=15)
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in consumer.committed(wanted, timeout=15)
+                if tp.offset >= 0
+            }
+            positions = dict(committed)
+            if self.journal_topic is not None:
+                self._journal = JournalWriter(self.config, self.journal_topic)
+                for tp, last in self._restore(committed).items():
+                    positions[tp] = max(positions.get(tp, 0), last + 1)
             consumer.assign(
                 [
-                    TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else start)
-                    for tp in committed
+                    TopicPartition(
+                        tp.topic, tp.partition, positions.get((tp.topic, tp.partition), start)
+                    )
+                    for tp in wanted
                 ]
             )
             logger.info("placement %s reading %d partitions", self.source, len(wanted))
@@ -428,6 +480,93 @@ class PlacementAgent:
             finally:
                 self._producer = None
                 consumer.close()
+                if self._journal is not None:
+                    self._journal.close()
+                    self._journal = None
+
+    # ------------------------------------------------------------------ journal
+
+    def _restore(self, committed: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """Rebuild the core from the journal (see :mod:`.placement_journal`): replay every
+        entry on its journaled inputs at its journaled time, producing again the outputs
+        of the entries not known delivered; then journal the resume. The last journaled
+        offset per input partition (consume after it). JournalError if the journal was
+        written by a differently configured agent."""
+        writer = self._journal
+        assert writer is not None
+        assert self.journal_topic is not None
+        t0 = time.monotonic()
+        journal = read_journal(self.config, self.journal_topic)
+        report = self.restore
+        if journal.header is None:
+            writer.write_header(self.journal_header)
+            return {}
+        diffs = self.journal_header.differences(journal.header)
+        if diffs:
+            raise JournalError(
+                f"the journal {self.journal_topic} was written by a differently configured "
+                "placement agent: " + "; ".join(diffs) + ". Restart it as it was configured, "
+                "or start a fresh instance with another --decision-prefix"
+            )
+        delivered = journal.delivered_through(committed)
+        fetcher = InputFetcher(self.config, journal.first_offsets(), timeout_s=30.0)
+        self._replaying = True
+        try:
+            for index, entry in enumerate(journal.entries):
+                self._suppress = index <= delivered
+                if not self._suppress:
+                    report.reemitted += 1
+                if entry.resume:
+                    self._forgive_silence(entry.now)
+                    continue
+                records = list(fetcher.records(entry.runs))
+                if records:
+                    self.handle_batch(records, now=entry.now)
+                else:
+                    self._tick(entry.now)
+                if self._last_digest != entry.digest:
+                    report.divergences += 1
+                    metrics.PLACEMENT_REPLAY_DIVERGENCES.inc()
+                    logger.error(
+                        "journal replay diverged at entry %d (%s): decisions %s, journaled %s",
+                        entry.seq,
+                        self.journal_topic,
+                        self._last_digest,
+                        entry.digest,
+                    )
+        finally:
+            self._replaying = False
+            self._suppress = False
+            fetcher.close()
+        self._flush()
+        report.entries = len(journal.entries)
+        report.tasks = len(self.core.tasks)
+        writer.seq = journal.entries[-1].seq if journal.entries else 0
+        now = self.clock()
+        self._forgive_silence(now)
+        writer.append(now, (), "", resume=True, sync=True)
+        report.replay_s = time.monotonic() - t0
+        metrics.PLACEMENT_RESTORE_SECONDS.set(report.replay_s)
+        logger.warning(
+            "placement %s restored from %s: %d entries replayed (%d re-emitted, %d diverged), "
+            "%d tasks known, in %.2f s",
+            self.source,
+            self.journal_topic,
+            report.entries,
+            report.reemitted,
+            report.divergences,
+            report.tasks,
+            report.replay_s,
+        )
+        return journal.last_offsets()
+
+    def _forgive_silence(self, now: float) -> None:
+        """A restart at ``now``: every node's silence counts from now (the agent, not the
+        nodes, was away). Journaled, so a replay does the same at the same point."""
+        seen = self.core.last_seen
+        for node_id, at in seen.items():
+            if at < now:
+                seen[node_id] = now
 
     def _loop(
         self, consumer: Consumer, partitions: list[TopicPartition], stop: threading.Event
@@ -455,26 +594,28 @@ class PlacementAgent:
                     self.handle_batch(records)
                 last_cycle = time.monotonic()
             elif time.monotonic() - last_cycle >= self.tick_s:
-                self.timings.ticks += 1
                 with self._in_flight.batch({}):
-                    self._emit(self._handle_core(()), flush=False)
+                    self._tick(self.clock())
                 last_cycle = time.monotonic()
             if not self.event_time:
                 self._commit_delivered(consumer)
             if time.monotonic() >= self._next_gauges:
                 self._refresh_gauges(consumer, partitions)
 
-    def handle_batch(self, records: list[Message]) -> None:
-        """Decode ``records``, apply them to the core in one call, publish the outcome and
-        flush (dead letters included)."""
+    def handle_batch(self, records: list[Message], now: float | None = None) -> None:
+        """Decode ``records``, apply them to the core in one call at ``now`` (default: the
+        clock), journal the call, publish the outcome and flush (dead letters included)."""
         t0 = time.perf_counter()
         stimuli: list[core_events.Event] = []
         per_topic: dict[str, int] = {}
-        now_s = self.clock()
+        now_s = self.clock() if now is None else now
+        # Wall-clock mode: "deadline in the past" is judged at the call's time, so that a
+        # replay of the journal decodes every record as it was decoded the first time.
+        decode_now = None if self.event_time else datetime.fromtimestamp(now_s, tz=UTC)
         for msg in records:
             topic = msg.topic() or ""
             per_topic[topic] = per_topic.get(topic, 0) + 1
-            event = self._decode(msg)
+            event = self._decode(msg, decode_now)
             if event is None:
                 if self.event_time:
                     self._held.add(_source(msg), None, -math.inf)  # offset may be committed
@@ -498,7 +639,23 @@ class PlacementAgent:
         timings.records += len(records)
         timings.decode_s += t1 - t0
         if not self.event_time:
-            self._emit(self._handle_core(stimuli), flush=not self._in_flight.open)
+            self._apply(stimuli, now_s, runs_of(records))
+
+    def _tick(self, now: float) -> None:
+        """A bare core call at ``now`` (time-based decisions), journaled."""
+        self.timings.ticks += 1
+        self._apply([], now, ())
+
+    def _apply(self, stimuli: list[core_events.Event], now: float, runs: tuple[Run, ...]) -> None:
+        """Wall-clock mode: one core call, journaled before its outputs are published."""
+        out = self._handle_core(stimuli, now=now)
+        self._last_digest = digest(out)
+        journal = self._journal
+        if journal is not None and not self._replaying:
+            journal.append(
+                now, runs, self._last_digest, on_delivery=self._in_flight.track(), sync=bool(out)
+            )
+        self._emit(out, flush=not self._in_flight.open)
 
     def _commit_delivered(self, consumer: Consumer) -> None:
         """Serve delivery reports, then commit the input offsets of every batch whose
@@ -590,13 +747,14 @@ class PlacementAgent:
             logger.warning("consumer error on %s: %s", msg.topic(), error)
         return False
 
-    def _decode(self, msg: Message) -> codec.Event | None:
-        """The event of ``msg``, or ``None`` after dead-lettering it."""
+    def _decode(self, msg: Message, now: datetime | None = None) -> codec.Event | None:
+        """The event of ``msg`` (deadlines judged at ``now``, default the current time),
+        or ``None`` after dead-lettering it."""
         raw = msg.value() or b""
         if msg.topic() == NODE_HEARTBEATS:
             self._learn_hardware(raw)
         try:
-            return codec.decode(raw, known_hardware=self.known_hardware)
+            return codec.decode(raw, now=now, known_hardware=self.known_hardware)
         except InvalidEvent as exc:
             self._dead_letter(msg, exc.field, exc.reason)
         except Exception as exc:  # anything else undecodable is bad input too
@@ -877,6 +1035,8 @@ class PlacementAgent:
         partition: int | None = None,
     ) -> None:
         """Hand one record to the producer (delivery is awaited by the batch's flush)."""
+        if self._suppress:
+            return  # a journal replay of a call whose outputs were delivered before
         producer = self._producer
         if producer is None:
             logger.warning("dropping a record for %s: the agent is not running", topic)
@@ -901,6 +1061,33 @@ class PlacementAgent:
                 )
                 return
         logger.error("dropping a record for %s: producer queue full", topic)
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    """What the agent's start restored from its journal (zeros: nothing to restore)."""
+
+    entries: int = 0
+    #: Entries whose outputs were produced again (not known delivered before the restart).
+    reemitted: int = 0
+    #: Entries whose replayed decisions differ from the journaled digest.
+    divergences: int = 0
+    tasks: int = 0
+    replay_s: float = 0.0
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and non-finite floats as strings (a JSON round trip
+    gives it back equal)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def _commit(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:

@@ -227,6 +227,16 @@ PLACEMENT_LOAD_FORECAST_GPUS = Gauge(
     "by default), by hardware class: what low-priority deferral compares with free GPUs.",
     ["hardware"],
 )
+PLACEMENT_RESTORE_SECONDS = Gauge(
+    "streamsched_placement_restore_seconds",
+    "How long the placement agent's last start took to replay its journal (0: nothing "
+    "to replay).",
+)
+PLACEMENT_REPLAY_DIVERGENCES = Counter(
+    "streamsched_placement_replay_divergences_total",
+    "Journal entries whose replayed decisions differed from the journaled ones (a code "
+    "or configuration change, or a nondeterminism bug).",
+)
 NODE_FAILURE_RISK_MAX = Gauge(
     "streamsched_node_failure_risk_max",
     "Highest node failure risk (0..1, learned from heartbeat gaps, lost and failed "

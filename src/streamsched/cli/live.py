@@ -22,6 +22,7 @@ import typer
 from confluent_kafka import KafkaException
 
 from streamsched.agents.placement import PlacementAgent
+from streamsched.agents.placement_journal import JournalError, journal_topic, read_journal_header
 from streamsched.broker import BrokerError, EmbeddedBroker, client_config, ensure_topics
 from streamsched.scheduler.policies import POLICY_NAMES
 from streamsched.schemas import topics
@@ -60,7 +61,7 @@ def run_until_signalled(run: Callable[[threading.Event], None], what: str) -> No
     signal.signal(signal.SIGTERM, _stop)
     try:
         run(stop)
-    except (BrokerError, KafkaException) as exc:
+    except (BrokerError, KafkaException, JournalError) as exc:
         typer.echo(f"error: {what}: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -118,6 +119,14 @@ def placement(
             "checkpoint on sched.models (policies with a learned model; never in a replay).",
         ),
     ] = True,
+    journal: Annotated[
+        bool,
+        typer.Option(
+            help="Journal every core call to sched.placement.journal.<decision prefix> and "
+            "restore from it on start, so a restarted agent forgets nothing (never in a "
+            "replay; see docs/architecture.md).",
+        ),
+    ] = True,
 ) -> None:
     """Run the placement agent: live events in, assignments and audit records out."""
     import math
@@ -133,15 +142,28 @@ def placement(
         fail(f"--replay-start {replay_start:g}: must be finite epoch seconds")
     servers, settings = require_bootstrap("placement agent")
     config = client_config(servers, settings)
-    forecaster = None
-    if warm_start and replay_start is None:
+    forecaster, identity = None, None
+    journaling = journal and replay_start is None
+    header = None
+    if journaling:
+        try:
+            header = read_journal_header(config, journal_topic(decision_prefix))
+        except (JournalError, KafkaException) as exc:
+            fail(f"placement journal: {exc}")
+    if header is not None:
+        # A restart: the core must start from the runtime model it started from before.
         with cli_errors("--warm-start"):
-            forecaster = warm_forecaster(config, policy)
+            forecaster, identity = journaled_forecaster(config, policy, header.forecaster)
+    elif warm_start and replay_start is None:
+        with cli_errors("--warm-start"):
+            forecaster, identity = warm_start_model(config, policy)
     with cli_errors():
         agent = PlacementAgent(
             config,
             policy=policy,
             forecaster=forecaster,
+            forecaster_identity=identity,
+            journal=journaling,
             decision_prefix=decision_prefix,
             heartbeat_timeout_s=heartbeat_timeout_s,
             replay_start=replay_start,
@@ -158,20 +180,69 @@ def warm_forecaster(config: dict[str, Any], policy: str) -> Any:
     """The processor's newest valid runtime-model checkpoint, if ``policy`` runs the learned
     model and one exists (else None: the policy's own forecaster starts cold). Says which
     on stderr."""
+    return warm_start_model(config, policy)[0]
+
+
+def warm_start_model(config: dict[str, Any], policy: str) -> tuple[Any, dict[str, Any] | None]:
+    """:func:`warm_forecaster` and the checkpoint's identity for the journal (None: cold)."""
     from streamsched.scheduler.drift import DriftingForecaster
     from streamsched.scheduler.policies import get_policy
     from streamsched.streams.models import RUNTIME_MODEL, newest_checkpoint
 
     if get_policy(policy).forecaster != "river-linear":
-        return None
+        return None, None
     found = newest_checkpoint(config, RUNTIME_MODEL, expect_type=DriftingForecaster)
     if found is None:
         typer.echo(f"runtime model: no valid {RUNTIME_MODEL} checkpoint yet; cold start", err=True)
-        return None
+        return None, None
     model, header = found
     typer.echo(
         f"runtime model: warm start from checkpoint {header.model_name} "
         f"({header.model_version}, created {header.created_at_s:.0f})",
         err=True,
     )
-    return model
+    return model, _checkpoint_identity(header)
+
+
+def _checkpoint_identity(header: Any) -> dict[str, Any]:
+    return {
+        "kind": "checkpoint",
+        "model_name": header.model_name,
+        "model_version": header.model_version,
+        "created_at_s": header.created_at_s,
+    }
+
+
+def journaled_forecaster(
+    config: dict[str, Any], policy: str, identity: dict[str, Any]
+) -> tuple[Any, dict[str, Any] | None]:
+    """The runtime model a journal says its agent started from: the same checkpoint
+    (ValueError if it is no longer readable), or a cold start."""
+    from streamsched.scheduler.checkpoint import newest_valid
+    from streamsched.scheduler.drift import DriftingForecaster
+    from streamsched.streams.models import read_model_records
+
+    if identity.get("kind") != "checkpoint":
+        typer.echo("runtime model: as journaled, cold start", err=True)
+        return None, None
+    name = str(identity.get("model_name"))
+    for record in reversed(read_model_records(config, topics.MODELS)):
+        if record.key != name or record.headers.get("model.version") != identity.get(
+            "model_version"
+        ):
+            continue
+        found, _skipped = newest_valid(
+            [record.value], expect_name=name, expect_type=DriftingForecaster
+        )
+        if found is not None and found.header.created_at_s == identity.get("created_at_s"):
+            typer.echo(
+                f"runtime model: as journaled, checkpoint {name} ({found.header.model_version})",
+                err=True,
+            )
+            return found.model, _checkpoint_identity(found.header)
+    raise ValueError(
+        f"the journal says the agent started from checkpoint {name} "
+        f"{identity.get('model_version')} (created {identity.get('created_at_s')}), which "
+        f"is not readable on {topics.MODELS} any more; start a fresh instance with another "
+        "--decision-prefix"
+    )
