@@ -26,7 +26,8 @@ Core -> wire (:func:`wire_from_instruction`)
     must use a fresh ``CoreConfig.decision_prefix``. The audit of a preemption that stops
     attempt ``a`` of task ``v`` is ``<decision_id>.<v>.<a>.audit`` (one preemption decision
     may stop several attempts). The outcome of a policy update with event id ``e`` is
-    ``e.policy``, that of a cancel command ``e.cancel``.
+    ``e.policy``, that of a cancel command ``e.cancel`` (accepted or refused). A circuit
+    breaker transition with decision id ``d-breaker-000003`` is ``d-breaker-000003.breaker``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from streamsched.schemas import lifecycle as wire
 from streamsched.schemas.codec import Event as WireEvent
 from streamsched.schemas.decisions import (
     Assignment,
+    BreakerChanged,
     CancelOutcome,
     DecisionAudit,
     DecisionCandidate,
@@ -59,6 +61,7 @@ from streamsched.schemas.types import CONTEXT_KNOWN_HARDWARE, MAX_ID_CHARS, MAX_
 from . import events as core
 from .instructions import (
     Assign,
+    CancelRefused,
     Candidate,
     Decision,
     Instruction,
@@ -69,6 +72,7 @@ from .instructions import (
     ShadowAssign,
     TaskTransition,
 )
+from .instructions import BreakerChanged as CoreBreakerChanged
 from .instructions import StopAttempt as CoreStopAttempt
 from .model import NodeSpec, PriorityClass, TaskSpec
 
@@ -90,6 +94,7 @@ WireRecord = (
     | TaskEnded
     | PolicyChanged
     | CancelOutcome
+    | BreakerChanged
     | wire_commands.StopAttempt
 )
 #: A command whose outcome the scheduler answers on ``sched.decisions``.
@@ -201,8 +206,9 @@ def core_event_from_wire(
     - ``task.lost`` -> :class:`~.events.TaskLost` (the wire reason): it reports one attempt
       vanishing; the core re-queues it without using a retry (node loss as a whole is the
       heartbeat monitor's :class:`~.events.NodeLost`)
-    - ``command.cancel_task`` -> :class:`~.events.CancelTask` (the wire reason; whether
-      ``requested_by`` owns the task is checked by the caller, the core does not know)
+    - ``command.cancel_task`` -> :class:`~.events.CancelTask` with the wire reason and
+      ``requested_by``: the core refuses (``CancelRefused``) a cancel by anyone but the
+      task's tenant or an operator (``CoreConfig.cancel_operators``)
     - ``command.update_policy`` -> :class:`~.events.UpdatePolicy` (parameters as sorted
       pairs; the core validates them and answers ``PolicyUpdated`` or ``PolicyRejected``;
       whether the sender may change the policy is checked by the caller)
@@ -250,7 +256,7 @@ def core_event_from_wire(
         case wire.TaskLost():
             return core.TaskLost(sid, event.task_id, event.attempt, event.reason)
         case wire_commands.CancelTask():
-            return core.CancelTask(sid, event.task_id, event.reason)
+            return core.CancelTask(sid, event.task_id, event.reason, event.requested_by)
         case wire_commands.PolicyUpdate():
             return core.UpdatePolicy(
                 sid,
@@ -493,9 +499,17 @@ def wire_records_from_instruction(
     :class:`~.instructions.PolicyUpdated` / :class:`~.instructions.PolicyRejected` ->
     ``(PolicyChanged,)`` (to ``sched.decisions``, keyed ``"policy"``), naming as
     ``requested_by`` the source of the ``command.update_policy`` found in ``requests``
-    (wire commands by event id) under the instruction's ``stimulus_id``, or ``unknown``.
+    (wire commands by event id) under the instruction's ``stimulus_id``, or ``unknown``;
+    :class:`~.instructions.CancelRefused` -> ``(CancelOutcome,)`` with ``accepted=false``
+    (to ``sched.decisions``, keyed by ``task_id``);
+    :class:`~.instructions.BreakerChanged` -> ``(BreakerChanged,)`` (to
+    ``sched.decisions``, keyed ``"breaker"``).
     Errors as :func:`wire_from_instruction`.
     """
+    if isinstance(ins, CancelRefused):
+        return (cancel_refusal_to_wire(ins, occurred_at=occurred_at, source=source),)
+    if isinstance(ins, CoreBreakerChanged):
+        return (breaker_change_to_wire(ins, occurred_at=occurred_at, source=source),)
     if isinstance(ins, PolicyUpdated | PolicyRejected):
         request = (requests or {}).get(ins.stimulus_id)
         policy_request = request if isinstance(request, wire_commands.PolicyUpdate) else None
@@ -668,4 +682,48 @@ def cancel_outcome_to_wire(
         accepted=accepted,
         outcome=_text(outcome, "cancelled" if accepted else "refused"),
         attempt=max(0, attempt),
+    )
+
+
+def cancel_refusal_to_wire(
+    ins: CancelRefused, *, occurred_at: datetime, source: str
+) -> CancelOutcome:
+    """The ``task.cancel_outcome`` (``accepted=false``) of a cancel the core refused
+    because the requester does not own the task (event id ``<stimulus_id>.cancel``, as
+    for every cancel outcome)."""
+    return CancelOutcome(
+        event_id=derived_event_id(ins.stimulus_id, "cancel"),
+        occurred_at=occurred_at,
+        source=source,
+        task_id=ins.task_id,
+        request_event_id=ins.stimulus_id[:MAX_ID_CHARS],
+        requested_by=ins.requested_by,
+        reason=_text(ins.reason, "no reason given"),
+        accepted=False,
+        outcome=_text(ins.outcome, "refused"),
+        attempt=max(0, ins.attempt),
+    )
+
+
+def breaker_change_to_wire(
+    ins: CoreBreakerChanged, *, occurred_at: datetime, source: str
+) -> BreakerChanged:
+    """The ``breaker.changed`` audit record of a circuit breaker transition (event id
+    ``<decision_id>.breaker``)."""
+    return _from_core(
+        BreakerChanged,
+        {ins.hardware},
+        event_id=derived_event_id(ins.decision_id, "breaker"),
+        occurred_at=occurred_at,
+        source=source,
+        decision_id=ins.decision_id,
+        hardware=ins.hardware,
+        state=ins.state,
+        previous_state=ins.previous_state,
+        reason=_text(ins.reason, f"breaker {ins.state}"),
+        failed_tasks=max(0, ins.failed_tasks),
+        succeeded=max(0, ins.succeeded),
+        cooldown_s=None if ins.cooldown_s is None else _seconds(ins.cooldown_s),
+        half_open_at_s=ins.until_s if ins.state == "open" else None,
+        decided_at_s=float(ins.decided_at_s),
     )

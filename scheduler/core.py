@@ -9,6 +9,7 @@ with the same ``now`` values gives the same instructions.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import math
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from . import statemachine
+from .breaker import BreakerChange, BreakerSettings, BreakerState, HardwareBreakers
 from .cluster import Cluster, FloatArray
 from .events import (
     CancelTask,
@@ -39,6 +41,8 @@ from .failure import NodeRiskModel
 from .forecasting import DEFAULT_RUNTIME_S, IntervalForecaster, RuntimeForecaster
 from .fragmentation import FragmentationCache, WorkloadProfile
 from .instructions import (
+    BreakerChanged,
+    CancelRefused,
     DeadlineInfeasible,
     Instruction,
     Learned,
@@ -61,6 +65,8 @@ S = TaskState
 
 #: A re-queued attempt resumes at most from here, so it always has some work to do.
 MAX_RESUME_PROGRESS = 0.999
+#: States in which a task counts against ``CoreConfig.max_queued_per_tenant``.
+WAITING = frozenset({S.SUBMITTED, S.QUEUED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +100,55 @@ class CoreConfig:
     #: (or is refused). None: reject it at once (the simulator, whose arrivals are in
     #: order).
     unknown_upstream_grace_s: float | None = None
+    # --- retries (see docs/policies.md, "Retries, admission and circuit breakers")
+    #: A retryable failure with retries left re-enters the ready queue only after a
+    #: backoff: ``retry_backoff_s * 2**(retry - 1)`` seconds (retry 1 is the first), at
+    #: most ``retry_backoff_max_s``, shortened by up to ``retry_jitter`` of itself by a
+    #: stable hash of (seed, task id, retry). It waits in state ``queued`` (not placeable).
+    #: 0: re-queued at once (the simulator).
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 300.0
+    retry_jitter: float = 0.2
+    #: A task whose failed or lost attempts (``task.failed`` retryable, ``task.lost``,
+    #: missing from heartbeats; not whole-node losses) happened on this many different
+    #: nodes fails with reason ``failed on N different nodes (a, b, c); last: ...``
+    #: instead of trying the next one. A retry also avoids the nodes it failed on when
+    #: another node fits. None: no bound (the simulator).
+    max_distinct_failed_nodes: int | None = 3
+    # --- admission
+    #: A submission whose tenant already has this many tasks waiting (``submitted`` or
+    #: ``queued``) is rejected with the reason. None: unbounded.
+    max_queued_per_tenant: int | None = None
+    #: ``requested_by`` values that may cancel any tenant's task (operators). Everyone
+    #: else may cancel only tasks of the tenant it names. (A tuple: the configuration
+    #: stays JSON-serialisable.)
+    cancel_operators: tuple[str, ...] = ()
+    # --- circuit breaker per hardware class (see :mod:`.breaker`)
+    #: Open a class's breaker when at least this many different tasks failed there within
+    #: ``breaker_window_s`` (at most ``breaker_window`` outcomes kept) and they make at
+    #: least ``breaker_failure_ratio`` of failed tasks + successful attempts. None: no
+    #: breakers (the simulator).
+    breaker_min_failures: int | None = 5
+    breaker_failure_ratio: float = 0.5
+    breaker_window_s: float = 300.0
+    breaker_window: int = 50
+    #: How long an open breaker pauses placement before a probe; doubled after each
+    #: failed probe, at most ``breaker_max_cooldown_s``.
+    breaker_cooldown_s: float = 30.0
+    breaker_max_cooldown_s: float = 600.0
 
     def __post_init__(self) -> None:
+        for name in ("retry_backoff_s", "retry_backoff_max_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.retry_jitter) and 0.0 <= self.retry_jitter < 1.0):
+            raise ValueError(f"retry_jitter must be in [0, 1), got {self.retry_jitter}")
+        for name in ("max_distinct_failed_nodes", "max_queued_per_tenant"):
+            bound = getattr(self, name)
+            if bound is not None and bound < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {bound}")
+        self.breaker_settings()  # validates the breaker fields
         if self.max_lost_attempts is not None and self.max_lost_attempts < 0:
             raise ValueError(f"max_lost_attempts must be >= 0, got {self.max_lost_attempts}")
         grace = self.reconcile_grace_s
@@ -104,6 +157,32 @@ class CoreConfig:
         wait = self.unknown_upstream_grace_s
         if wait is not None and not (math.isfinite(wait) and wait >= 0):
             raise ValueError(f"unknown_upstream_grace_s must be a finite number >= 0, got {wait}")
+
+    def breaker_settings(self) -> BreakerSettings | None:
+        """The breaker fields as :class:`BreakerSettings` (None: breakers off);
+        ``ValueError`` for bad values."""
+        if self.breaker_min_failures is None:
+            return None
+        return BreakerSettings(
+            min_failures=self.breaker_min_failures,
+            failure_ratio=self.breaker_failure_ratio,
+            window_s=self.breaker_window_s,
+            window=self.breaker_window,
+            cooldown_s=self.breaker_cooldown_s,
+            max_cooldown_s=self.breaker_max_cooldown_s,
+        )
+
+    def retry_delay_s(self, task_id: str, retry: int) -> float:
+        """Seconds retry number ``retry`` (1 = the first) of ``task_id`` waits (see
+        ``retry_backoff_s``). Deterministic: the jitter is a hash, not a random draw."""
+        if self.retry_backoff_s <= 0 or retry < 1:
+            return 0.0
+        nominal = min(self.retry_backoff_max_s, self.retry_backoff_s * 2.0 ** min(retry - 1, 60))
+        if self.retry_jitter <= 0:
+            return nominal
+        digest = hashlib.blake2b(f"{self.seed}:{task_id}:{retry}".encode(), digest_size=8).digest()
+        fraction = int.from_bytes(digest, "big") / 2.0**64
+        return nominal * (1.0 - self.retry_jitter * fraction)
 
 
 @dataclass(slots=True)
@@ -147,6 +226,9 @@ class TaskRecord:
     last_listed_at: float | None = None
     #: When the core asked the node to stop the current attempt (preemption), if it did.
     stop_requested_at: float | None = None
+    #: Nodes its failed or lost attempts ran on, in order of first failure (bounded by
+    #: ``CoreConfig.max_distinct_failed_nodes``; a retry avoids them when it can).
+    failed_nodes: tuple[str, ...] = ()
 
     def predicted_end(self, now: float) -> float:
         """When the current attempt should finish; an overdue attempt is expected soon."""
@@ -209,6 +291,18 @@ class SchedulerCore:
         self._next_expiry_check = -math.inf
         #: Upstream task ids not submitted yet -> (first named at, dependents waiting).
         self.unknown_upstreams: dict[str, tuple[float, list[str]]] = {}
+        # --- retries, admission and breakers (see CoreConfig)
+        #: Tasks waiting out a retry backoff (state ``queued``, not in the ready queue):
+        #: task id -> when it may be placed again, behind a lazily cleaned min-heap.
+        self.retry_wait: dict[str, float] = {}
+        self._retry_heap: list[tuple[float, str]] = []
+        #: Tasks waiting (``submitted`` or ``queued``) per tenant, for admission control.
+        self.waiting_by_tenant: dict[str, int] = {}
+        settings = self.config.breaker_settings()
+        #: The circuit breaker of each hardware class (None: breakers off).
+        self.breakers = HardwareBreakers(settings) if settings is not None else None
+        #: Breaker transitions so far (numbers their decision ids).
+        self.breaker_changes = 0
         # --- node failure risk and load deferral (see docs/policies.md)
         #: Failure risk per node, fed by heartbeats, attempt ends and node losses.
         self.node_risk = NodeRiskModel()
@@ -263,6 +357,10 @@ class SchedulerCore:
             self._expire_silent_nodes(now)
         if self.unknown_upstreams:
             self._expire_unknown_upstreams(now)
+        if self.breakers is not None and self.breakers.due(now):
+            self._expire_breakers(now)
+        if self._retry_heap:
+            self._release_retries(now)
         if self.stale_types:
             self._rekey_stale(self.policy.params.rekey_budget)
         if len(self.queue):
@@ -422,6 +520,13 @@ class SchedulerCore:
     def transition(self, rec: TaskRecord, new: TaskState, reason: str, now: float) -> None:
         statemachine.check(rec.state, new, rec.spec.task_id)
         old, rec.state, rec.reason = rec.state, new, reason
+        if (old in WAITING) != (new in WAITING):
+            tenant = rec.spec.tenant
+            left = self.waiting_by_tenant.get(tenant, 0) + (1 if new in WAITING else -1)
+            if left:
+                self.waiting_by_tenant[tenant] = left
+            else:
+                del self.waiting_by_tenant[tenant]
         if new.terminal:
             rec.finished_at = now
         self.emit(TaskTransition(self._stimulus, rec.spec.task_id, rec.attempt, old, new, reason))
@@ -438,13 +543,46 @@ class SchedulerCore:
         return key, latest_start, best
 
     def enqueue(self, rec: TaskRecord, reason: str, now: float) -> None:
+        best = self._push_ready(rec)
+        self.transition(rec, S.QUEUED, reason, now)
+        self.check_deadline(rec, now, now + best)
+
+    def _push_ready(self, rec: TaskRecord) -> float:
+        """Put ``rec`` into the ready queue; its best predicted runtime."""
         spec = rec.spec
         key, latest_start, best = self._queue_position(rec)
         group = spec.tenant if self.policy.fair_share else ""
         self.queue.push(spec.task_id, group, key, latest_start)
         self.queued_by_type.setdefault(spec.task_type, {})[spec.task_id] = None
-        self.transition(rec, S.QUEUED, reason, now)
-        self.check_deadline(rec, now, now + best)
+        return best
+
+    def _hold_for_retry(self, rec: TaskRecord, delay: float, reason: str, now: float) -> None:
+        """``rec`` is ``queued`` again but placeable only ``delay`` seconds from now (the
+        retry backoff); :meth:`_release_retries` moves it into the ready queue then."""
+        not_before = now + delay
+        self.retry_wait[rec.spec.task_id] = not_before
+        heapq.heappush(self._retry_heap, (not_before, rec.spec.task_id))
+        self.transition(rec, S.QUEUED, f"{reason} (retry backoff {delay:.1f} s)", now)
+
+    def _release_retries(self, now: float) -> None:
+        """Move every task whose retry backoff is over into the ready queue (in order of
+        their not-before times, ties by task id)."""
+        heap = self._retry_heap
+        while heap and heap[0][0] <= now:
+            at, tid = heapq.heappop(heap)
+            if self.retry_wait.get(tid) != at:
+                continue  # cancelled while it waited
+            del self.retry_wait[tid]
+            rec = self.tasks[tid]
+            best = self._push_ready(rec)
+            self.check_deadline(rec, now, now + best)
+
+    def next_retry_at(self) -> float | None:
+        """When the next task waiting out a retry backoff becomes placeable, or None."""
+        heap = self._retry_heap
+        while heap and self.retry_wait.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def dequeue(self, task_id: str) -> None:
         self.queue.remove(task_id)
@@ -521,6 +659,8 @@ class SchedulerCore:
         if rec.row < 0:
             return
         spec = rec.spec
+        if self.breakers is not None:
+            self.breakers.released(rec.hardware, spec.task_id, rec.attempt)
         self.cluster.release(rec.row, spec, rec.gpu_indices)
         self.on_row.get(rec.row, set()).discard(spec.task_id)
         self.occupancy_s[rec.row] = max(0.0, self.occupancy_s[rec.row] - rec.predicted_s)
@@ -687,18 +827,21 @@ class SchedulerCore:
             return
         self.node_risk.observe_node_lost(ev.node_id, now)
         for tid in sorted(self.on_row.get(row, ())):
-            self._lose(self.tasks[tid], f"{ev.reason}: node {ev.node_id}", now)
+            self._lose(self.tasks[tid], f"{ev.reason}: node {ev.node_id}", now, node_lost=True)
         self.on_row.pop(row, None)
         self.occupancy_s[row] = 0.0
         self.row_next_end[row] = math.inf
         self.cluster.mark_dead(row)
 
-    def _lose(self, rec: TaskRecord, reason: str, now: float) -> None:
+    def _lose(self, rec: TaskRecord, reason: str, now: float, node_lost: bool = False) -> None:
         """Re-queue ``rec``'s current attempt (which holds a node) after it was lost: a new
         attempt number comes with the next assignment, no retry is used, and the work
         resumes from the last progress reported. Once the task has lost more than
         ``max_lost_attempts`` attempts it fails instead (and its dependents are
-        cancelled)."""
+        cancelled), as it does when its failed or lost attempts have run on
+        ``max_distinct_failed_nodes`` different nodes; the loss of a whole node
+        (``node_lost``) is the node's fault and does not count there."""
+        node_id = rec.node_id
         rec.progress = max(rec.progress, min(rec.reported_progress, MAX_RESUME_PROGRESS))
         self.release(rec)
         rec.losses += 1
@@ -707,10 +850,32 @@ class SchedulerCore:
             why = (
                 f"lost {rec.losses} attempts (more than max_lost_attempts={limit}); last: {reason}"
             )
-            self.transition(rec, S.FAILED, why, now)
-            self._cancel_dependents(rec, now)
+            self._fail(rec, why, now)
+            return
+        spread = None if node_lost else self._spread(rec, node_id, reason)
+        if spread is not None:
+            self._fail(rec, spread, now)
             return
         self.enqueue(rec, reason, now)
+
+    def _fail(self, rec: TaskRecord, reason: str, now: float) -> None:
+        """``rec`` fails for good (``reason``); its dependents are cancelled."""
+        self.transition(rec, S.FAILED, reason, now)
+        self._cancel_dependents(rec, now)
+
+    def _spread(self, rec: TaskRecord, node_id: str | None, last: str) -> str | None:
+        """Note that an attempt of ``rec`` failed or was lost on ``node_id``; the terminal
+        reason when its failures now span ``max_distinct_failed_nodes`` nodes, else None."""
+        if node_id is not None and node_id not in rec.failed_nodes:
+            rec.failed_nodes = (*rec.failed_nodes, node_id)
+        limit = self.config.max_distinct_failed_nodes
+        if limit is None or len(rec.failed_nodes) < limit:
+            return None
+        nodes = ", ".join(rec.failed_nodes)
+        return (
+            f"failed on {len(rec.failed_nodes)} different nodes ({nodes}) "
+            f"(max_distinct_failed_nodes={limit}); last: {last}"
+        )
 
     # ================================================================== task events
     def _on_submitted(self, ev: TaskSubmitted, now: float) -> None:
@@ -794,6 +959,52 @@ class SchedulerCore:
                 task_id, f"upstream {task_id} was never submitted (waited {grace:g} s)", now
             )
 
+    # ================================================================== breakers
+    def _breaker_outcome(self, rec: TaskRecord, failed: bool, now: float) -> None:
+        """Feed the end of ``rec``'s current attempt (before its release) to the breaker
+        of its hardware class, and emit the transition it causes, if any."""
+        if self.breakers is None or rec.hardware is None:
+            return
+        change = self.breakers.record(rec.hardware, rec.spec.task_id, rec.attempt, failed, now)
+        if change is not None:
+            self._emit_breaker(change, now)
+
+    def _expire_breakers(self, now: float) -> None:
+        assert self.breakers is not None
+        for change in self.breakers.expire(now):
+            self._emit_breaker(change, now)
+
+    def _emit_breaker(self, change: BreakerChange, now: float) -> None:
+        self.breaker_changes += 1
+        self.emit(
+            BreakerChanged(
+                self._stimulus,
+                f"{self.config.decision_prefix}-breaker-{self.breaker_changes:06d}",
+                change.hardware,
+                change.previous.value,
+                change.state.value,
+                change.reason,
+                change.failed_tasks,
+                change.succeeded,
+                change.cooldown_s,
+                change.until_s,
+                now,
+            )
+        )
+
+    def breaker_state(self, hardware: str) -> BreakerState:
+        """The state of ``hardware``'s circuit breaker (closed when breakers are off)."""
+        return BreakerState.CLOSED if self.breakers is None else self.breakers.state(hardware)
+
+    def note_probe(self, hardware: str, task_id: str, attempt: int) -> bool:
+        """Called by the cycle for each placement on a class whose breaker is not
+        closed: True when the attempt is the half-open breaker's probe (it is recorded;
+        nothing else may be placed there until its outcome)."""
+        if self.breakers is None or not self.breakers.probing(hardware):
+            return False
+        self.breakers.placed(hardware, task_id, attempt)
+        return True
+
     def _rejection(self, spec: TaskSpec) -> str:
         if self.config.unknown_upstream_grace_s is None:
             for dep in spec.depends_on:
@@ -810,6 +1021,14 @@ class SchedulerCore:
                 f"cpu_milli={spec.cpu_milli}, memory_mib={spec.memory_mib}, "
                 f"allowed_hardware={sorted(spec.allowed_hardware) or 'any'})"
             )
+        limit = self.config.max_queued_per_tenant
+        if limit is not None:
+            waiting = self.waiting_by_tenant.get(spec.tenant, 0)
+            if waiting >= limit:
+                return (
+                    f"tenant {spec.tenant!r} has {waiting} queued tasks "
+                    f"(max_queued_per_tenant={limit}); submit again once some have started"
+                )
         return ""
 
     def _on_started(self, ev: TaskStarted, now: float) -> None:
@@ -817,6 +1036,8 @@ class SchedulerCore:
         if not self._current(rec, ev.task_id, ev.attempt, "started"):
             return
         assert rec is not None
+        if self.breakers is not None:
+            self.breakers.started(ev.task_id, ev.attempt, rec.hardware, now)
         if rec.state is S.ASSIGNED:
             rec.started_at = now
             self._end_changed(rec.row, rec, self._end_of(rec))
@@ -863,6 +1084,7 @@ class SchedulerCore:
             self._learn(rec.spec, rec.hardware, observed_full)
         if rec.node_id is not None:
             self.node_risk.observe_attempt_end(rec.node_id, "succeeded", now)
+        self._breaker_outcome(rec, False, now)
         self.release(rec)
         rec.progress = 1.0
         self.transition(rec, S.SUCCEEDED, "completed", now)
@@ -877,16 +1099,35 @@ class SchedulerCore:
         if not self._current(rec, ev.task_id, ev.attempt, "failed"):
             return
         assert rec is not None
-        if ev.retryable and rec.node_id is not None:  # plausibly the node's (see failure.py)
-            self.node_risk.observe_attempt_end(rec.node_id, "failed", now)
+        node_id = rec.node_id
+        if ev.retryable and node_id is not None:  # plausibly the node's (see failure.py)
+            self.node_risk.observe_attempt_end(node_id, "failed", now)
+        if ev.retryable:
+            self._breaker_outcome(rec, True, now)
         self.release(rec)
-        if ev.retryable and rec.retries < rec.spec.max_retries:
-            rec.retries += 1
-            rec.progress = max(rec.progress, min(rec.reported_progress, MAX_RESUME_PROGRESS))
-            self.enqueue(rec, f"retry {rec.retries}/{rec.spec.max_retries}: {ev.reason}", now)
+        if not ev.retryable:
+            self._fail(rec, ev.reason, now)
             return
-        self.transition(rec, S.FAILED, ev.reason, now)
-        self._cancel_dependents(rec, now)
+        budget = rec.spec.max_retries
+        spread = self._spread(rec, node_id, ev.reason)
+        if rec.retries >= budget:
+            why = (
+                f"retry budget used up ({rec.retries} of max_retries={budget} retries made); "
+                f"last failure: {ev.reason}"
+            )
+            self._fail(rec, why, now)
+            return
+        if spread is not None:
+            self._fail(rec, spread, now)
+            return
+        rec.retries += 1
+        rec.progress = max(rec.progress, min(rec.reported_progress, MAX_RESUME_PROGRESS))
+        reason = f"retry {rec.retries}/{budget}: {ev.reason}"
+        delay = self.config.retry_delay_s(rec.spec.task_id, rec.retries)
+        if delay > 0:
+            self._hold_for_retry(rec, delay, reason, now)
+        else:
+            self.enqueue(rec, reason, now)
 
     def _on_preempted(self, ev: TaskPreempted, now: float) -> None:
         rec = self.tasks.get(ev.task_id)
@@ -912,6 +1153,19 @@ class SchedulerCore:
 
     def _on_cancel(self, ev: CancelTask, now: float) -> None:
         rec = self.tasks.get(ev.task_id)
+        who = ev.requested_by
+        if rec is not None and who is not None and not self._may_cancel(rec, who):
+            # Checked before anything else, terminal tasks too: a refusal tells another
+            # tenant nothing about the task's state.
+            outcome = (
+                f"refused: {who!r} does not own this task (a tenant may cancel only its "
+                "own tasks; operators are listed in cancel_operators)"
+            )
+            refusal = CancelRefused(
+                ev.stimulus_id, ev.task_id, rec.attempt, who, ev.reason, outcome
+            )
+            self.emit(refusal)
+            return
         if rec is None or rec.state is None or rec.state.terminal:
             current = rec.attempt if rec else 0
             self.emit(StaleEvent(ev.stimulus_id, ev.task_id, current, current, "cancel"))
@@ -919,9 +1173,14 @@ class SchedulerCore:
         self._cancel(rec, ev.reason, now)
         self._cancel_dependents(rec, now)
 
+    def _may_cancel(self, rec: TaskRecord, requested_by: str) -> bool:
+        """Whether ``requested_by`` may cancel ``rec``: its tenant, or an operator."""
+        return requested_by == rec.spec.tenant or requested_by in self.config.cancel_operators
+
     def _cancel(self, rec: TaskRecord, reason: str, now: float) -> None:
         if rec.spec.task_id in self.queue:
             self.dequeue(rec.spec.task_id)
+        self.retry_wait.pop(rec.spec.task_id, None)  # its heap entry is dropped lazily
         if rec.state in statemachine.HOLDS_RESOURCES and rec.node_id is not None:
             self.emit(
                 StopAttempt(self._stimulus, rec.spec.task_id, rec.attempt, rec.node_id, reason)
@@ -1064,7 +1323,14 @@ class SchedulerCore:
         assert (c.mem_free[:n] >= 0).all()
         assert (c.gpu_free[:n] >= -1).all()
         queued = {t for t, r in self.tasks.items() if r.state is S.QUEUED}
-        assert queued == set(self.queue.task_ids()), "queue and task states disagree"
+        ready = set(self.queue.task_ids())
+        assert not ready & set(self.retry_wait), "a task is both ready and in retry backoff"
+        assert queued == ready | set(self.retry_wait), "queue and task states disagree"
+        waiting: dict[str, int] = {}
+        for rec in self.tasks.values():
+            if rec.state in WAITING:
+                waiting[rec.spec.tenant] = waiting.get(rec.spec.tenant, 0) + 1
+        assert waiting == self.waiting_by_tenant, "waiting-per-tenant counts drifted"
         for tid, rec in self.tasks.items():
             if rec.state in statemachine.HOLDS_RESOURCES:
                 assert rec.row >= 0, tid

@@ -109,6 +109,16 @@ class _Cycle:
         self._class_gpus: dict[int, float] = {}
         self._deferrals: dict[str, tuple[float, str]] = {}
         self._risk: tuple[float, FloatArray | None] | None = None
+        # Circuit breakers (see breaker.py): hardware indices nothing may be placed on
+        # now (open, or half-open with a probe in flight), and those not closed (no
+        # preemption or migration onto them). Usually empty: then nothing is filtered.
+        self._blocked_hw: list[int] = []
+        self._tripped_hw: list[int] = []
+        breakers = core.breakers
+        if breakers is not None and breakers.not_closed():
+            names = self.cluster.hardware_names
+            self._blocked_hw = sorted(names.index(h) for h in breakers.blocked() if h in names)
+            self._tripped_hw = sorted(names.index(h) for h in breakers.not_closed() if h in names)
 
     # ------------------------------------------------------------------ step 1
     def _order(self) -> Iterator[str]:
@@ -217,6 +227,8 @@ class _Cycle:
             if barred:
                 rows = rows[~np.isin(rows, barred)]
                 classes = self._classes(rows)
+        if rec.failed_nodes and rows.size > 1:
+            rows, classes = self._avoid_failed_nodes(rec, rows, classes)
         wait = None
         arm = self.core.policy_of(spec.task_id)  # an A/B split's arm (else the policy)
         peaked: set[int] = set()
@@ -244,12 +256,26 @@ class _Cycle:
 
     def _fitting_rows(self, spec: TaskSpec, shape: object) -> tuple[IntArray, IntArray]:
         """Rows the shape fits on now, and their hardware classes (memoised per shape
-        until the next placement)."""
+        until the next placement); never rows of a class whose breaker blocks placement."""
         memo = self._rows_memo.get(shape)
         if memo is None:
             rows = np.flatnonzero(self.cluster.fit_mask(spec))
+            if self._blocked_hw:
+                rows = rows[~np.isin(self.cluster.hw[rows], self._blocked_hw)]
             memo = self._rows_memo[shape] = (rows, self._classes(rows))
         return memo
+
+    def _avoid_failed_nodes(
+        self, rec: TaskRecord, rows: IntArray, classes: IntArray
+    ) -> tuple[IntArray, IntArray]:
+        """``rows`` without the nodes ``rec``'s attempts failed or were lost on, unless
+        that leaves none (a retry avoids them only when another node fits)."""
+        index = self.cluster.index
+        avoid = sorted(index[n] for n in rec.failed_nodes if n in index)
+        kept = rows[~np.isin(rows, avoid)] if avoid else rows
+        if kept.size == 0 or kept.size == rows.size:
+            return rows, classes
+        return kept, self._classes(kept)
 
     def _choose(
         self,
@@ -331,6 +357,9 @@ class _Cycle:
         rec.decision_id = decision_id
         gpus = c.choose_gpus(row, spec)
         notes = self._load_notes(rec, row, arm)  # before dequeue forgets a deferral
+        if self._tripped_hw and core.note_probe(hardware, spec.task_id, rec.attempt):
+            self._blocked_hw = sorted({*self._blocked_hw, int(c.hw[row])})
+            notes += f"; probe attempt of the half-open circuit breaker of {hardware}"
         core.hold(rec, row, gpus)
         core.dequeue(spec.task_id)
         res = self.reservations.get(row)
@@ -521,6 +550,8 @@ class _Cycle:
         self, rec: TaskRecord, runtimes: FloatArray, exclude: set[int], shape: object
     ) -> WaitOption | None:
         best: WaitOption | None = None
+        if self._blocked_hw:  # nobody knows when a paused class resumes: never wait for it
+            exclude = exclude | set(self._blocked_hw)
         for h, runtime in enumerate(runtimes.tolist()):
             if h in exclude or not math.isfinite(runtime):
                 continue
@@ -615,6 +646,8 @@ class _Cycle:
         labels = c.label_mask(spec.governance)
         if labels is not None:
             mask &= labels[rows]
+        if self._tripped_hw:
+            mask &= ~np.isin(c.hw[rows], self._tripped_hw)
         rows = rows[mask]
         rows = rows[np.argsort(runtimes[c.hw[rows]], kind="stable")][:64]
         overhead = p.restart_overhead_s if rec.progress > 0 else 0.0
@@ -831,6 +864,8 @@ class _Cycle:
         rows = self._fitting_rows(spec, shape)[0]
         if claimed:
             rows = rows[~np.isin(rows, sorted(claimed))]
+        if self._tripped_hw:
+            rows = rows[~np.isin(c.hw[rows], self._tripped_hw)]
         rows = rows[runtimes[c.hw[rows]] < here_full]
         if rows.size == 0:
             return None

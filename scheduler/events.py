@@ -138,8 +138,14 @@ class UpdatePolicy(Stimulus):
 
 @dataclass(frozen=True, slots=True)
 class CancelTask(Stimulus):
+    """Cancel a task. ``requested_by`` is who asks (the wire command's ``requested_by``):
+    the core refuses it (``CancelRefused``) unless it is the task's tenant or one of
+    ``CoreConfig.cancel_operators``. ``None`` (the simulator, cores driven by hand) is
+    not checked."""
+
     task_id: str
     reason: str = "cancelled by user"
+    requested_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

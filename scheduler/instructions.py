@@ -107,6 +107,43 @@ class Reject(Instruction):
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRefused(Instruction):
+    """A cancel command was refused: ``requested_by`` neither owns the task (its tenant)
+    nor is an operator (``CoreConfig.cancel_operators``). Nothing changed; the outcome
+    goes to the audit trail (``task.cancel_outcome`` with ``accepted=false``)."""
+
+    task_id: str
+    #: The task's attempt when the command was applied (0: it never ran).
+    attempt: int
+    requested_by: str
+    #: The reason the requester gave.
+    reason: str
+    #: Why the scheduler refused, in words.
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChanged(Instruction):
+    """The circuit breaker of hardware class ``hardware`` moved from ``previous_state``
+    to ``state`` (``closed``, ``open``, ``half_open``; see :mod:`.breaker`), with why.
+    ``failed_tasks``/``succeeded`` are the window's counts behind an opening (different
+    tasks failed there, successful attempts); ``cooldown_s`` the cool-down in force
+    (``None`` when closed) and ``until_s`` when an open breaker turns half-open. Goes to
+    the audit trail (``breaker.changed`` on ``sched.decisions``) with its decision id."""
+
+    decision_id: str
+    hardware: str
+    previous_state: str
+    state: str
+    reason: str
+    failed_tasks: int
+    succeeded: int
+    cooldown_s: float | None
+    until_s: float | None
+    decided_at_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class TaskTransition(Instruction):
     """A task changed state (the status view and the audit log follow these)."""
 

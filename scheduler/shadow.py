@@ -76,6 +76,11 @@ class _Fork(SchedulerCore):
     def check_deadline(self, rec: TaskRecord, now: float, predicted_finish: float) -> None:
         """Deadline warnings are the live policy's business."""
 
+    def note_probe(self, hardware: str, task_id: str, attempt: int) -> bool:
+        """Whether the placement would be a breaker's probe; the live breakers (shared
+        with the fork) are left as they are."""
+        return self.breakers is not None and self.breakers.probing(hardware)
+
 
 def _same_order(a: Policy, b: Policy) -> bool:
     """Whether ``a`` and ``b`` key, group and flag queued tasks identically: the same queue
@@ -118,6 +123,7 @@ def fork(core: SchedulerCore, policy: Policy) -> SchedulerCore:
     f.tenant_alloc = {tenant: list(alloc) for tenant, alloc in core.tenant_alloc.items()}
     f.preemptible_on_row = dict(core.preemptible_on_row)
     f.pending_preemptions = {tid: set(v) for tid, v in core.pending_preemptions.items()}
+    f.waiting_by_tenant = dict(core.waiting_by_tenant)  # the fork's transitions count too
     f.rng = copy.deepcopy(core.rng)
     f.fragmentation_cache = FragmentationCache()
     f.decisions = 0

@@ -70,6 +70,22 @@ class SimConfig:
     #: attempts are re-queued) and registers again ``fault_downtime_s`` later, empty.
     node_faults: tuple[tuple[str, float], ...] = ()
     fault_downtime_s: float = 600.0
+    #: ``CoreConfig`` fields set for the run, as ``(name, value)`` pairs, over
+    #: :data:`SIMULATION_CORE`, e.g. ``(("max_distinct_failed_nodes", 3),)``.
+    core_overrides: tuple[tuple[str, Any], ...] = ()
+
+
+#: ``CoreConfig`` fields the simulator sets unlike the live defaults: no retry backoff,
+#: no bound on the nodes a task may fail on, no circuit breakers, no admission bound.
+#: The simulator's failures are injected node losses, which none of these would act on
+#: differently, but the figures must not depend on it (``SimConfig.core_overrides``
+#: turns any of them on).
+SIMULATION_CORE: dict[str, Any] = {
+    "retry_backoff_s": 0.0,
+    "max_distinct_failed_nodes": None,
+    "breaker_min_failures": None,
+    "max_queued_per_tenant": None,
+}
 
 
 @dataclass(slots=True)
@@ -175,6 +191,7 @@ class Simulator:
                 reject_unplaceable=True,
                 seed=self.config.seed,
                 max_gpus_per_node=max([8, *(n.gpus for n in self.nodes)]),
+                **{**SIMULATION_CORE, **dict(self.config.core_overrides)},
             ),
         )
         self.on_progress = on_progress
@@ -222,6 +239,8 @@ class Simulator:
             self._apply(out, now)
             if self.core.deferred:
                 self._wake_deferred()
+            if self.core.retry_wait:
+                self._wake_retries()
             handled += len(batch)
             if not self.config.departures:
                 arrived_gpu += sum(
@@ -248,6 +267,14 @@ class Simulator:
             if due not in self._wakeups:
                 self._wakeups.add(due)
                 self._push(due, Tick(f"defer-expiry:{due:g}"))
+
+    def _wake_retries(self) -> None:
+        """Schedule a ``Tick`` when the next retry backoff ends (only with
+        ``retry_backoff_s`` overridden: the simulator's default retries at once)."""
+        due = self.core.next_retry_at()
+        if due is not None and due not in self._wakeups:
+            self._wakeups.add(due)
+            self._push(due, Tick(f"retry-due:{due:g}"))
 
     def _push_faults(self) -> None:
         """Schedule the configured node faults; ValueError naming an unknown node."""

@@ -13,6 +13,7 @@ from .commands import CancelTask, PolicyUpdate, StopAttempt
 from .data import DataIngested
 from .decisions import (
     Assignment,
+    BreakerChanged,
     CancelOutcome,
     DecisionAudit,
     DecisionCandidate,
@@ -60,6 +61,7 @@ __all__ = [
     "SUPPORTED_SCHEMA_VERSIONS",
     "Assignment",
     "AttemptEvent",
+    "BreakerChanged",
     "CancelOutcome",
     "CancelTask",
     "DataIngested",

@@ -20,7 +20,14 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from .commands import CancelTask, PolicyUpdate, StopAttempt
 from .data import DataIngested
-from .decisions import Assignment, CancelOutcome, DecisionAudit, PolicyChanged, TaskEnded
+from .decisions import (
+    Assignment,
+    BreakerChanged,
+    CancelOutcome,
+    DecisionAudit,
+    PolicyChanged,
+    TaskEnded,
+)
 from .envelope import (
     SUPPORTED_SCHEMA_VERSIONS,
     WIRE_REQUIRED_FIELDS,
@@ -61,6 +68,7 @@ Event: TypeAlias = (
     | TaskEnded
     | CancelOutcome
     | PolicyChanged
+    | BreakerChanged
     | CancelTask
     | PolicyUpdate
     | StopAttempt

@@ -275,3 +275,41 @@ class CancelOutcome(EventEnvelope):
     accepted: StrictBool
     outcome: Text = Field(description="What the scheduler did, e.g. 'cancelled while running'.")
     attempt: StrictInt = Field(default=0, ge=0)
+
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class BreakerChanged(EventEnvelope):
+    """The circuit breaker of a hardware class changed state. Published by the placement
+    agent to ``sched.decisions``, keyed ``"breaker"`` (event id
+    ``<decision_id>.breaker``, so a replay republishes the same id).
+
+    ``open``: placement on ``hardware`` is paused, because ``failed_tasks`` different
+    tasks failed there within the breaker's window against ``succeeded`` successful
+    attempts (``reason`` gives the thresholds), or because the half-open probe failed;
+    ``half_open_at_s`` is when one probe attempt will be allowed (``cooldown_s`` after
+    ``decided_at_s``). ``half_open``: the cool-down is over; one probe attempt may be
+    placed. ``closed``: the probe completed (or ran for a cool-down without failing);
+    placement resumed. Times are scheduler-core seconds, like ``decided_at_s`` of
+    ``decision.audit``."""
+
+    type: Literal["breaker.changed"] = "breaker.changed"
+    decision_id: Identifier
+    hardware: HardwareClass
+    state: BreakerState
+    previous_state: BreakerState
+    reason: Text
+    failed_tasks: StrictInt = Field(
+        default=0, ge=0, description="Different tasks failed on the class in the window."
+    )
+    succeeded: StrictInt = Field(
+        default=0, ge=0, description="Successful attempts on the class in the window."
+    )
+    cooldown_s: _Seconds | None = Field(
+        default=None, description="The cool-down in force; null when closed."
+    )
+    half_open_at_s: StrictFloat | None = Field(
+        default=None, description="Open only: when a probe attempt will be allowed."
+    )
+    decided_at_s: StrictFloat = Field(description="Scheduler-core time of the change, seconds.")

@@ -257,7 +257,7 @@ LIFECYCLE: list[tuple[wire_schemas.Event, core_events.Event]] = [
         wire_schemas.CancelTask(
             **WIRE, event_id="w-cancel", task_id="t-1", reason="not needed", requested_by="vision"
         ),
-        core_events.CancelTask("w-cancel", "t-1", "not needed"),
+        core_events.CancelTask("w-cancel", "t-1", "not needed", requested_by="vision"),
     ),
 ]
 
@@ -368,6 +368,16 @@ NON_STIMULI: list[wire_schemas.Event] = [
         reason="not needed",
         accepted=True,
         outcome="cancelled while queued",
+    ),
+    # The core's breaker transitions (audit trail), not stimuli.
+    wire_schemas.BreakerChanged(
+        **WIRE,
+        decision_id="d-breaker-000001",
+        hardware="cpu",
+        state="closed",
+        previous_state="half_open",
+        reason="probe attempt 2 of t-1 completed: placement on cpu resumed",
+        decided_at_s=5.0,
     ),
 ]
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from streamsched.schemas import (
     EVENT_TYPES,
     Assignment,
+    BreakerChanged,
     CancelOutcome,
     CancelTask,
     DataIngested,
@@ -202,6 +203,21 @@ EXAMPLES: list[EventEnvelope] = [
         accepted=False,
         outcome="refused: the task had already succeeded",
         attempt=1,
+    ),
+    BreakerChanged(
+        **ENV,
+        decision_id="d-breaker-000001",
+        hardware="gpu-v100",
+        state="open",
+        previous_state="closed",
+        reason="5 different tasks failed on gpu-v100 in the last 300 s against 1 successful "
+        "attempts (failure ratio 0.83 >= 0.5, at least 5 tasks): placement on gpu-v100 "
+        "paused for 30 s",
+        failed_tasks=5,
+        succeeded=1,
+        cooldown_s=30.0,
+        half_open_at_s=1771.5,
+        decided_at_s=1741.5,
     ),
 ]
 

@@ -324,6 +324,12 @@ def test_cancel_task_waiting_on_dependencies() -> None:
 
 
 # ---------------------------------------------------------------------- failures
+def retry_due(core: SchedulerCore, task_id: str) -> list[Instruction]:
+    """Tick the core when ``task_id``'s retry backoff is over; what that call returns."""
+    due = core.retry_wait[task_id]
+    return drive(core, tick(due), due)
+
+
 def test_retryable_failure_retries_up_to_max_retries_then_fails() -> None:
     core = two_node_core()
     drive(core, submitted(task("t", gpus=1, max_retries=2)), 1.0)
@@ -331,12 +337,22 @@ def test_retryable_failure_retries_up_to_max_retries_then_fails() -> None:
     for attempt in (1, 2):
         now += 10.0
         out = drive(core, failed("t", attempt, "oom"), now)
-        assert [t.new for t in transitions(out)] == [S.QUEUED, S.ASSIGNED]
+        # Queued again, but placeable only once its retry backoff is over.
+        assert [t.new for t in transitions(out)] == [S.QUEUED]
         assert f"retry {attempt}/2: oom" in transitions(out)[0].reason
+        assert assigns(out) == []
+        out = retry_due(core, "t")
         (a,) = assigns(out)
         assert a.attempt == attempt + 1
+        now = a.decision.decided_at_s
     out = drive(core, failed("t", 3, "oom"), now + 10.0)
-    assert [(t.old, t.new, t.reason) for t in transitions(out)] == [(S.ASSIGNED, S.FAILED, "oom")]
+    assert [(t.old, t.new, t.reason) for t in transitions(out)] == [
+        (
+            S.ASSIGNED,
+            S.FAILED,
+            "retry budget used up (2 of max_retries=2 retries made); last failure: oom",
+        )
+    ]
     assert assigns(out) == []
     assert core.tasks["t"].retries == 2
     only_stale(drive(core, failed("t", 3, "oom"), now + 20.0))
@@ -355,7 +371,8 @@ def test_retry_keeps_reported_progress() -> None:
     core = two_node_core()
     a = start_on(core, "t", 1.0)
     drive(core, progress("t", a.attempt, 0.4), 2.0)
-    (b,) = assigns(drive(core, failed("t", a.attempt, "flaky"), 3.0))
+    assert assigns(drive(core, failed("t", a.attempt, "flaky"), 3.0)) == []
+    (b,) = assigns(retry_due(core, "t"))
     assert b.attempt == 2
     assert b.resume_progress == pytest.approx(0.4)
 

@@ -128,24 +128,29 @@ def test_bad_input_is_named() -> None:
 
 
 # ---------------------------------------------------------------------- the core
-def _two_equal_nodes(risk_weight: float | None = None) -> list[str]:
-    """Two one-GPU v100 nodes; t1 lands on a (row order breaks the tie), its attempt is
-    lost, and the retry is placed in the same call. Returns the nodes t1's attempts got."""
+def _three_equal_nodes(risk_weight: float | None = None) -> list[str]:
+    """Three one-GPU v100 nodes; t1 lands on a (row order breaks the tie), its attempt is
+    lost, and the retry is placed in the same call (never on a again while another node
+    fits: a retry avoids the nodes it failed on); then t2 comes. Returns the nodes t1's
+    attempts and t2 got: t2 has a and c to choose from, and only the risk penalty tells
+    them apart."""
     params = {} if risk_weight is None else {"risk_weight": risk_weight}
-    core = new_core("forecast", nodes=[node("a", gpus=1), node("b", gpus=1)], params=params)
+    nodes = [node("a", gpus=1), node("b", gpus=1), node("c", gpus=1)]
+    core = new_core("forecast", nodes=nodes, params=params)
     (first,) = assigns(drive(core, submitted(task("t1", gpus=1)), 1.0))
     out = drive(core, TaskLost("lost:t1", "t1", 1, "executor died"), 2.0)
     (second,) = assigns(out)
     assert core.node_risk.risk("a", 2.0) > core.node_risk.fleet_risk(2.0)
-    return [first.node_id, second.node_id]
+    (third,) = assigns(drive(core, submitted(task("t2", gpus=1)), 3.0))
+    return [first.node_id, second.node_id, third.node_id]
 
 
 def test_the_risky_node_is_avoided_when_an_equal_one_fits() -> None:
-    assert _two_equal_nodes() == ["a", "b"]
+    assert _three_equal_nodes() == ["a", "b", "c"]
 
 
 def test_risk_weight_zero_disables_the_penalty() -> None:
-    assert _two_equal_nodes(risk_weight=0.0) == ["a", "a"]
+    assert _three_equal_nodes(risk_weight=0.0) == ["a", "b", "a"]
 
 
 def test_the_risky_node_is_still_used_when_it_is_the_only_fit() -> None:
