@@ -146,9 +146,16 @@ POLL_TIMEOUT_S = 0.2
 #: seconds; events delayed more than this are applied late), and how often it is checked.
 REPLAY_LATENESS_S = 0.25
 EVENT_TIME_POLL_S = 0.01
+#: Wall seconds a node may be silent before the core declares it lost and re-queues its
+#: attempts (``CoreConfig.heartbeat_timeout_s``): five missed heartbeats at the executor's
+#: default interval (2 s). Detection to re-queue takes at most this plus one second
+#: (expiry is checked once per second) plus one tick: within 15 s. Kubernetes evicts the
+#: pods of an unreachable node after 300 s by default.
+HEARTBEAT_TIMEOUT_S = 10.0
 #: Wall seconds an attempt may be missing from its node's heartbeats before the core
-#: declares it lost (``CoreConfig.reconcile_grace_s``).
-RECONCILE_GRACE_S = 30.0
+#: declares it lost (``CoreConfig.reconcile_grace_s``): e.g. an executor that restarted
+#: without its journal, or an assignment lost on the way.
+RECONCILE_GRACE_S = 10.0
 #: How long a flush may take (after a batch, and on stop).
 FLUSH_TIMEOUT_S = 10.0
 #: Gauges (queue depth, running, consumer lag) are refreshed at most this often.
@@ -296,7 +303,7 @@ class PlacementAgent:
     seconds is lost), and a bare tick every ``tick_s`` wall seconds advances core time by
     ``tick_s * replay_speedup``. ValueError unless ``replay_speedup`` > 0 (finite).
     ``SUBMIT_TO_ASSIGNED`` stays in wall seconds (it compares envelope times). The
-    heartbeat reconciliation grace (:data:`RECONCILE_GRACE_S`) is scaled the same way.
+    heartbeat reconciliation grace ``reconcile_grace_s`` is scaled the same way.
 
     A replay also runs on **event time**: each event is applied at the core time of its own
     ``occurred_at`` (the moment the producer observed it). Events are held until a
@@ -330,7 +337,8 @@ class PlacementAgent:
         decision_prefix: str = "d",
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.time,
-        heartbeat_timeout_s: float | None = 15.0,
+        heartbeat_timeout_s: float | None = HEARTBEAT_TIMEOUT_S,
+        reconcile_grace_s: float | None = RECONCILE_GRACE_S,
         replay_start: float | None = None,
         replay_speedup: float = 1.0,
         replay_lateness_s: float = REPLAY_LATENESS_S,
@@ -346,14 +354,14 @@ class PlacementAgent:
         self._replay = ReplayClock(replay_start or 0.0, replay_speedup)
         #: Wire time (an aware datetime) -> core time.
         self.core_time: Callable[[datetime], float] = core_time_from_datetime
-        reconcile_grace_s = RECONCILE_GRACE_S
         #: Replay: core time follows the events' own times (see the class docstring).
         self.event_time = replay_start is not None
         if replay_start is not None:
             clock, self.core_time = replay_clock(replay_start, replay_speedup)
             if heartbeat_timeout_s is not None:
                 heartbeat_timeout_s *= replay_speedup
-            reconcile_grace_s *= replay_speedup
+            if reconcile_grace_s is not None:
+                reconcile_grace_s *= replay_speedup
         #: Event-time mode: the latest core time applied; events held until the watermark
         #: (replay clock - lateness) passes them.
         self._now = -math.inf
@@ -1282,7 +1290,9 @@ def _log_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> N
 
 __all__ = [
     "GROUP_ID",
+    "HEARTBEAT_TIMEOUT_S",
     "INPUT_TOPICS",
+    "RECONCILE_GRACE_S",
     "HeldEvents",
     "InFlight",
     "LoopTimings",

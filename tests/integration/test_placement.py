@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from streamsched import metrics
 from streamsched.agents.executor import ExecutorAgent
-from streamsched.agents.placement import PlacementAgent, StateGauges
+from streamsched.agents.placement import HEARTBEAT_TIMEOUT_S, PlacementAgent, StateGauges
 from streamsched.broker import client_config
 from streamsched.cli import app
 from streamsched.scheduler.instructions import Assign, TaskTransition
@@ -404,7 +404,7 @@ def test_replay_clock_converts_wall_durations_to_core_seconds() -> None:
     assert 599.0 <= agent.clock() <= 700.0  # ten wall seconds in, sixty times faster
     # wire times (heartbeats, deadlines) are trace seconds too
     assert agent.core_time(datetime.fromtimestamp(start + 20.0, UTC)) == pytest.approx(1200.0)
-    assert PlacementAgent({}).core.config.heartbeat_timeout_s == 15.0  # no replay: unchanged
+    assert PlacementAgent({}).core.config.heartbeat_timeout_s == HEARTBEAT_TIMEOUT_S  # unscaled
     for bad in (0.0, -2.0, math.nan, math.inf):
         with pytest.raises(ValueError, match="speedup"):
             PlacementAgent({}, replay_start=start, replay_speedup=bad)

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from confluent_kafka import KafkaException
 
-from streamsched.agents.placement import PlacementAgent
+from streamsched.agents.placement import HEARTBEAT_TIMEOUT_S, RECONCILE_GRACE_S, PlacementAgent
 from streamsched.agents.placement_journal import JournalError, journal_topic, read_journal_header
 from streamsched.broker import BrokerError, EmbeddedBroker, client_config, ensure_topics
 from streamsched.scheduler.policies import POLICY_NAMES
@@ -91,8 +91,16 @@ def placement(
         str, typer.Option(help="Prefix of decision ids (unique per agent instance).")
     ] = "d",
     heartbeat_timeout_s: Annotated[
-        float, typer.Option(min=1.0, help="A node silent this long is lost.")
-    ] = 15.0,
+        float, typer.Option(min=1.0, help="A node silent this long is lost (seconds).")
+    ] = HEARTBEAT_TIMEOUT_S,
+    reconcile_grace_s: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="An attempt its node's heartbeats have not listed for this long is lost "
+            "(seconds).",
+        ),
+    ] = RECONCILE_GRACE_S,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -166,6 +174,7 @@ def placement(
             journal=journaling,
             decision_prefix=decision_prefix,
             heartbeat_timeout_s=heartbeat_timeout_s,
+            reconcile_grace_s=reconcile_grace_s,
             replay_start=replay_start,
             replay_speedup=replay_speedup,
         )

@@ -1,0 +1,153 @@
+"""A lost node and a stale attempt on the real broker, with real executor processes.
+
+An executor is frozen (SIGSTOP: its process stops, its heartbeats stop, the task it
+started keeps running in its own process): after the heartbeat timeout the placement
+agent declares the node lost and places attempt 2 on the other node. The frozen executor
+is then thawed: it reports attempt 1's completion, which is now stale. The attempt number
+fences it: the stream processor records it as stale, and the task's outcome is attempt 2's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from streamsched.agents.placement import PlacementAgent
+from streamsched.broker import client_config, free_port
+from streamsched.client import Client, TaskNotFoundError
+from streamsched.schemas import codec, topics
+from streamsched.schemas.decisions import DecisionAudit, TaskEnded
+from streamsched.schemas.lifecycle import TaskCompleted, TaskStarted
+from streamsched.testing import TopicReader, running_in_thread, wire_submission
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+SCRIPT = Path(sys.executable).with_name("streamsched")
+#: The placement agent's heartbeat timeout here (the default is 10 s; shorter keeps the
+#: test quick, the mechanism is the same).
+TIMEOUT_S = 4.0
+#: How long each attempt runs: attempt 1 must end while its executor is frozen.
+TASK_S = 3.0
+
+
+def _spawn(args: list[str], servers: str, log: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(SCRIPT), *args],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": servers},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _executor(node_id: str, label: str, servers: str, tmp: Path) -> subprocess.Popen[str]:
+    return _spawn(
+        ["executor", "--node-id", node_id, "--hardware", "v100", "--gpus", "1", "--cpus",
+         "16", "--memory", "64GiB", "--log-dir", str(tmp / node_id), "--heartbeat-s", "0.5",
+         "--label", f"test_run={label}"],
+        servers,
+        tmp / f"{node_id}.log",
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(what: str, probe: Any, timeout_s: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = probe()
+        except (TaskNotFoundError, ConnectionError, OSError):
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_a_lost_node_requeues_its_attempt_and_the_stale_result_is_fenced(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    config = client_config(kafka_bootstrap)
+    label = uuid.uuid4().hex[:10]
+    task_id = f"failover-{label}"
+    nodes = {f"node-{label}-{n}": _executor(f"node-{label}-{n}", label, kafka_bootstrap, tmp_path)
+             for n in range(2)}  # fmt: skip
+    port = free_port()
+    processor = _spawn(
+        ["processor", "--web-port", str(port), "--metrics-port", "0", "--app-id",
+         f"failover-{label}", "--loglevel", "warning"],
+        kafka_bootstrap,
+        tmp_path / "processor.log",
+    )  # fmt: skip
+    agent = PlacementAgent(
+        config, decision_prefix=f"f{label[:6]}", tick_s=0.2, heartbeat_timeout_s=TIMEOUT_S
+    )
+    try:
+        with (
+            running_in_thread(agent.run),
+            TopicReader(config, topics.TASK_EVENTS, timeout_s=90) as events,
+            TopicReader(config, topics.DECISIONS, timeout_s=90) as decisions,
+        ):
+            _wait("both nodes", lambda: set(nodes) <= set(agent.node_hardware))
+            command = [sys.executable, "-c", f"import time; time.sleep({TASK_S})"]
+            event = wire_submission(task_id, governance={"test_run": label}, command=command)
+            producer = Producer(config)
+            producer.produce(topics.TASKS_SUBMITTED, codec.encode(event), key=task_id.encode())
+            assert producer.flush(10) == 0
+            started = events.wait_event(TaskStarted, task_id)
+            first_node = started.node_id
+            frozen = nodes[first_node]
+            frozen.send_signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            audits = decisions.wait_events(
+                lambda _: any(a.attempt == 2 for a in decisions.events(DecisionAudit, task_id))
+            )
+            requeued_after = time.monotonic() - stopped_at
+            second = next(a for a in audits if isinstance(a, DecisionAudit) and a.attempt == 2)
+            assert second.task_id == task_id
+            assert second.chosen_node_id != first_node
+            frozen.send_signal(signal.SIGCONT)
+            done = events.wait_events(
+                lambda _: {c.attempt for c in events.events(TaskCompleted, task_id)} == {1, 2}
+            )
+            completions = {c.attempt: c for c in done if isinstance(c, TaskCompleted)
+                           and c.task_id == task_id}  # fmt: skip
+            assert completions[1].node_id == first_node  # the stale one, really run
+            assert completions[2].node_id == second.chosen_node_id
+            ended = decisions.wait_event(TaskEnded, task_id)
+            assert (ended.state, ended.attempt) == ("succeeded", 2), ended
+        with Client(kafka_bootstrap, f"http://127.0.0.1:{port}", tenant="team-a") as client:
+            status = _wait(
+                "the processor to record the stale completion",
+                lambda: (
+                    (s := client.query(task_id)).stale_count >= 1
+                    and s.state.value == "succeeded"
+                    and s
+                ),
+            )
+        assert status.attempt == 2
+        assert any(s.attempt == 1 and s.type == "task.completed" for s in status.stale_events)
+        print(f"node frozen -> attempt 2 assigned: {requeued_after:.1f} s "
+              f"(heartbeat timeout {TIMEOUT_S:g} s)")  # fmt: skip
+    finally:
+        for proc in [*nodes.values(), processor]:
+            _stop(proc)
