@@ -118,6 +118,7 @@ from streamsched.schemas.errors import PAYLOAD_FIELD, InvalidEvent
 from streamsched.schemas.hardware import assignment_topic, hardware_named_in
 from streamsched.schemas.nodes import NodeHeartbeat
 from streamsched.schemas.tasks import TaskRejected, TaskSubmitted
+from streamsched.schemas.tenancy import body_tenant_of, resolve_tenant
 from streamsched.schemas.topics import (
     COMMANDS,
     CORE_TOPIC_PARTITIONS,
@@ -762,7 +763,11 @@ class PlacementAgent:
         if msg.topic() == NODE_HEARTBEATS:
             self._learn_hardware(raw)
         try:
-            return codec.decode(raw, now=now, known_hardware=self.known_hardware)
+            event = codec.decode(raw, now=now, known_hardware=self.known_hardware)
+            # A record speaks for the tenant of its header (set by the producer from its
+            # authenticated principal); a body naming another tenant is refused.
+            resolve_tenant(body_tenant_of(event), msg.headers())
+            return event
         except InvalidEvent as exc:
             self._dead_letter(msg, exc.field, exc.reason)
         except Exception as exc:  # anything else undecodable is bad input too

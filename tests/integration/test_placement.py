@@ -34,6 +34,7 @@ from streamsched.schemas import codec, topics
 from streamsched.schemas.decisions import DecisionAudit, TaskEnded
 from streamsched.schemas.lifecycle import TaskCompleted
 from streamsched.schemas.tasks import TaskSubmitted
+from streamsched.schemas.tenancy import TENANT_HEADER
 from streamsched.testing import (
     TopicReader,
     cancel,
@@ -79,11 +80,23 @@ def placement(config: dict[str, Any]) -> Iterator[PlacementAgent]:
         yield agent
 
 
-def _produce(config: dict[str, Any], topic: str, key: str, value: bytes) -> tuple[int, int]:
+def _produce(
+    config: dict[str, Any],
+    topic: str,
+    key: str,
+    value: bytes,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> tuple[int, int]:
     """Produce one record synchronously; its (partition, offset)."""
     delivered: list[Message] = []
     producer = Producer(config)
-    producer.produce(topic, value, key=key.encode(), on_delivery=lambda e, m: delivered.append(m))
+    producer.produce(
+        topic,
+        value,
+        key=key.encode(),
+        headers=headers or [],
+        on_delivery=lambda e, m: delivered.append(m),
+    )
     assert producer.flush(10) == 0
     msg = delivered[0]
     assert msg.error() is None, msg.error()
@@ -169,14 +182,19 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_never_stall(
 ) -> None:
     task_id, bad_id = _uid("task"), _uid("bad")
     valid = json.loads(codec.encode(_submission(bad_id)))
+    other_tenant = [(TENANT_HEADER, b"team-b")]  # the body says team-a
     bad = [
-        (b"not json", "(payload)", "JSON"),
-        (json.dumps({**valid, "bogus": 1}).encode(), "bogus", "Extra inputs"),
-        (json.dumps({**valid, "schema_version": 99}).encode(), "schema_version", "99"),
+        (b"not json", "(payload)", "JSON", None),
+        (json.dumps({**valid, "bogus": 1}).encode(), "bogus", "Extra inputs", None),
+        (json.dumps({**valid, "schema_version": 99}).encode(), "schema_version", "99", None),
+        (json.dumps(valid).encode(), "tenant", "differs from the streamsched-tenant", other_tenant),
     ]
     with placement(config):
         _heartbeat(config, _uid("node"), tmp_path)
-        where = [_produce(config, topics.TASKS_SUBMITTED, bad_id, value) for value, _, _ in bad]
+        where = [
+            _produce(config, topics.TASKS_SUBMITTED, bad_id, value, headers)
+            for value, _, _, headers in bad
+        ]
         _produce(config, topics.TASKS_SUBMITTED, task_id, codec.encode(_submission(task_id)))
         with reader(config, topics.DECISIONS) as decisions:
             decisions.wait_for(lambda _: bool(decisions.events(DecisionAudit, task_id)))
@@ -190,12 +208,12 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_never_stall(
                     and (int(h["source.partition"]), int(h["source.offset"])) in where
                 ]
 
-            dead.wait_for(lambda records: len(mine(records)) >= 3)
+            dead.wait_for(lambda records: len(mine(records)) >= len(bad))
             by_offset = {
                 int(h["source.offset"]): (v, h) for v, h in dead.records if h in mine(dead.records)
             }
-    assert len(mine(dead.records)) == 3
-    for (value, field, words), (_, offset) in zip(bad, where, strict=True):
+    assert len(mine(dead.records)) == len(bad)
+    for (value, field, words, _), (_, offset) in zip(bad, where, strict=True):
         original, headers = by_offset[offset]
         assert original == value
         assert headers["error.field"] == field
