@@ -32,10 +32,12 @@ from streamsched.scheduler.convert import (
     wire_records_from_instruction,
     wire_score,
 )
-from streamsched.scheduler.core import SchedulerCore
+from streamsched.scheduler.core import CoreConfig, SchedulerCore
 from streamsched.scheduler.forecasting import RunningMeanForecaster
 from streamsched.scheduler.instructions import (
     Assign,
+    BreakerChanged,
+    CancelRefused,
     Candidate,
     DeadlineInfeasible,
     Decision,
@@ -967,3 +969,84 @@ def test_a_terminal_transition_becomes_task_ended() -> None:
     assert again == records  # deterministic event id: a replay republishes the same record
     queued = TaskTransition("e-sub", "t-3", 0, None, TaskState.QUEUED, "submitted")
     assert wire_records_from_instruction(queued, submissions={}, occurred_at=T0, source="p") == ()
+
+
+# ---------------------------------------------------------------------- reliability
+def test_a_cancel_by_another_tenant_is_refused_on_the_audit_trail() -> None:
+    core = placement_core()
+    sub = gpu_submission()  # tenant "vision"
+    run(core, heartbeat(), sub, now_s=T0.timestamp())
+    request = wire_schemas.CancelTask(
+        **WIRE, event_id="w-steal", task_id="t-1", reason="mine now", requested_by="mallory"
+    )
+    (ins,) = run(core, request, now_s=T0.timestamp() + 1.0)
+    assert isinstance(ins, CancelRefused)
+    (record,) = wire_records_from_instruction(
+        ins, submissions={sub.task_id: sub}, occurred_at=T0, source="placement:d"
+    )
+    assert isinstance(record, wire_schemas.CancelOutcome)
+    assert decode(encode(record), now=T0) == record
+    assert record.event_id == "w-steal.cancel"  # as for every cancel outcome
+    assert (record.task_id, record.request_event_id, record.requested_by) == (
+        "t-1",
+        "w-steal",
+        "mallory",
+    )
+    assert (record.accepted, record.reason, record.attempt) == (False, "mine now", 1)
+    assert record.outcome.startswith("refused: 'mallory' does not own this task")
+    assert core.state_of("t-1") is TaskState.ASSIGNED
+
+
+def test_a_breaker_change_becomes_a_breaker_changed_record() -> None:
+    core = SchedulerCore(
+        get_policy("forecast"),
+        RunningMeanForecaster(),
+        CoreConfig(breaker_min_failures=1, breaker_window=1, breaker_cooldown_s=30.0),
+    )
+    sub = gpu_submission()
+    now = T0.timestamp()
+    run(core, heartbeat(), sub, now_s=now)
+    fail = wire_schemas.TaskFailed(
+        **{**ATTEMPT, "attempt": 1}, event_id="w-fail", reason="Xid 79", exit_code=1
+    )
+    out = run(core, fail, now_s=now + 5.0)
+    (ins,) = [i for i in out if isinstance(i, BreakerChanged)]
+    (record,) = wire_records_from_instruction(ins, submissions={}, occurred_at=T0, source="p")
+    assert isinstance(record, wire_schemas.BreakerChanged)
+    assert decode(encode(record), now=T0) == record
+    assert record.event_id == f"{ins.decision_id}.breaker"
+    assert (record.hardware, record.previous_state, record.state) == (
+        "gpu-v100",
+        "closed",
+        "open",
+    )
+    assert (record.failed_tasks, record.succeeded, record.cooldown_s) == (1, 0, 30.0)
+    assert (record.decided_at_s, record.half_open_at_s) == (now + 5.0, now + 35.0)
+    assert "placement on gpu-v100 paused for 30 s" in record.reason
+
+
+def test_an_admission_rejection_shows_as_rejected_in_the_status_view() -> None:
+    """The processor folds the submission and the scheduler's ``task.rejected`` into the
+    task's status: the submitter sees ``rejected`` and the reason."""
+    from streamsched.streams.state import TaskState as StatusState
+    from streamsched.streams.state import apply
+
+    core = SchedulerCore(
+        get_policy("forecast"), RunningMeanForecaster(), CoreConfig(max_queued_per_tenant=1)
+    )
+    first = submitted(event_id="e-1", task_id="t-1", idempotency_key="k-1")
+    second = submitted(event_id="e-2", task_id="t-2", idempotency_key="k-2")
+    out = run(core, first, second, now_s=T0.timestamp())  # no node: t-1 stays queued
+    (reject,) = [i for i in out if isinstance(i, Reject)]
+    (record,) = wire_records_from_instruction(
+        reject, submissions={"t-2": second}, occurred_at=T0, source="placement:d"
+    )
+    assert isinstance(record, TaskRejected)
+    assert record.idempotency_key == "k-2"
+    status = apply(apply(None, second), record)
+    assert status is not None
+    assert status.state is StatusState.REJECTED
+    assert status.rejection_reason == (
+        "tenant 'vision' has 1 queued tasks (max_queued_per_tenant=1); submit again once "
+        "some have started"
+    )
