@@ -25,6 +25,14 @@ models from the newest valid checkpoints on ``sched.models`` (unless
 ``sched.models`` (keyed by model name) every ``checkpoint_every`` completions learned,
 every ``checkpoint_interval_s`` while something changed, and on a clean stop; drift events
 (``model.drift``) go to the same topic. ``GET /models`` shows them.
+
+Tenants (``schemas/tenancy.py``): a task record whose ``streamsched-tenant`` header
+contradicts its body (a submission's tenant, a cancel's requester) is skipped with the
+reason, like an undecodable one. A status-view request that names its tenant in the
+``X-Streamsched-Tenant`` header sees only that tenant's tasks; reaching for another
+tenant's task answers 403 and publishes an ``access.refused`` record to
+``sched.decisions``. A request without the header is answered in operator mode (every
+task), unless ``require_tenant`` is set: then it answers 401.
 """
 
 from __future__ import annotations
@@ -53,6 +61,15 @@ from ..schemas.deadletter import bounded_value
 from ..schemas.errors import PAYLOAD_FIELD, InvalidEvent
 from ..schemas.hardware import hardware_named_in
 from ..schemas.nodes import NodeHeartbeat
+from ..schemas.tenancy import (
+    HTTP_TENANT_HEADER,
+    AccessRefused,
+    access_refusal,
+    body_tenant_of,
+    check_tenant,
+    resolve_tenant,
+    tenant_headers,
+)
 from . import models as md
 from . import state as st
 from . import triggers as tr
@@ -103,6 +120,8 @@ class ProcessorConfig:
     checkpoint_every: int = 50
     #: Longest time between checkpoints while a model changed, seconds.
     checkpoint_interval_s: float = 60.0
+    #: Refuse status-view requests without the tenant header (else: operator mode).
+    require_tenant: bool = False
 
     @property
     def ticks_topic(self) -> str:
@@ -115,6 +134,19 @@ class ProcessorConfig:
 
 def _now_dt() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A status-view answer: HTTP status, JSON body, and the refusal to audit (if any)."""
+
+    status: int
+    body: Any
+    refusal: AccessRefused | None = None
+
+
+def _error(status: int, message: str, refusal: AccessRefused | None = None) -> Answer:
+    return Answer(status, {"error": message}, refusal)
 
 
 class Processor:
@@ -141,20 +173,36 @@ class Processor:
         self.known_hardware: set[str] = set()
         #: Undecodable records skipped, by topic (shown on /summary).
         self.skipped: Counter[str] = Counter()
+        #: ``access.refused`` audit records read back from ``sched.decisions``.
+        self.refusals_seen = 0
 
     # ------------------------------------------------------------------ decoding
 
-    def decode(self, topic: str, raw: bytes) -> codec.Event:
-        """Decode one record; raises InvalidEvent (field, reason) when it cannot."""
+    def decode(self, topic: str, raw: bytes, headers: Any = None) -> codec.Event | AccessRefused:
+        """Decode one record and check its tenant header against its body; raises
+        InvalidEvent (field, reason) when it cannot be accepted. The status view's own
+        ``access.refused`` audit records (on ``sched.decisions``) decode as such."""
         metrics.EVENTS_CONSUMED.labels(COMPONENT, topic).inc()
         if topic == topics.NODE_HEARTBEATS:
             self._learn_hardware(raw)
         try:
-            return codec.decode(raw, now=_DECODE_NOW, known_hardware=self.known_hardware)
-        except InvalidEvent:
+            event = codec.decode(raw, now=_DECODE_NOW, known_hardware=self.known_hardware)
+        except InvalidEvent as exc:
+            if exc.field == "type" and topic == topics.DECISIONS:
+                return self._access_refused(raw, exc)
             raise
         except Exception as exc:  # anything else undecodable is bad input too
             raise InvalidEvent(None, PAYLOAD_FIELD, f"{type(exc).__name__}: {exc}") from None
+        resolve_tenant(body_tenant_of(event), headers)
+        return event
+
+    def _access_refused(self, raw: bytes, exc: InvalidEvent) -> AccessRefused:
+        try:
+            refused = codec.decode_as(AccessRefused, raw, now=_DECODE_NOW)
+        except InvalidEvent:
+            raise exc from None
+        self.refusals_seen += 1
+        return refused
 
     def _learn_hardware(self, raw: bytes) -> None:
         hardware = hardware_named_in(raw)
@@ -211,8 +259,10 @@ class Processor:
             "model_version": model.version,
         }
 
-    def all_tasks(self) -> list[st.TaskStatus]:
-        return [st.TaskStatus.model_validate(v) for v in list(self.tasks.values())]
+    def all_tasks(self, tenant: str | None = None) -> list[st.TaskStatus]:
+        """Every task, or only ``tenant``'s."""
+        every = [st.TaskStatus.model_validate(v) for v in list(self.tasks.values())]
+        return every if tenant is None else [t for t in every if t.tenant == tenant]
 
     # ------------------------------------------------------------------ nodes
 
@@ -284,8 +334,9 @@ class Processor:
 
     # ------------------------------------------------------------------ views
 
-    def summary(self) -> dict[str, Any]:
-        out = st.summarize(self.all_tasks())
+    def summary(self, tenant: str | None = None) -> dict[str, Any]:
+        """Counts of every task (or only ``tenant``'s), nodes, datasets, triggers."""
+        out = st.summarize(self.all_tasks(tenant))
         now = _now_dt()
         nodes = [st.NodeStatus.model_validate(v) for v in list(self.nodes.values())]
         out["nodes"] = {
@@ -298,7 +349,95 @@ class Processor:
         out["datasets"] = len(list(self.datasets.keys()))
         out["triggers"] = {r.name: self._trigger_state(r).fired for r in self.rules}
         out["skipped_records"] = dict(self.skipped)
+        if tenant is not None:
+            out["tenant"] = tenant
         return out
+
+    # ------------------------------------------------------------------ the status view
+
+    def requester(self, headers: Mapping[str, str], require: bool) -> str | Answer:
+        """The tenant a request speaks for ("" in operator mode), or the error answer
+        (400 malformed header, 401 none while ``require``)."""
+        raw = headers.get(HTTP_TENANT_HEADER)
+        if raw is None or not raw.strip():
+            if require:
+                return _error(
+                    401,
+                    f"this status view requires the {HTTP_TENANT_HEADER} header naming your tenant",
+                )
+            return ""
+        try:
+            return check_tenant(raw.strip(), f"header {HTTP_TENANT_HEADER}")
+        except ValueError as exc:
+            return _error(400, str(exc))
+
+    def _refuse(
+        self, requester: str, action: Any, owner: str, reason: str, task_id: str | None
+    ) -> Answer:
+        record = AccessRefused(
+            occurred_at=_now_dt(),
+            source="processor/status-view",
+            requested_by=requester,
+            action=action,
+            task_id=task_id,
+            tenant=owner,
+            reason=reason,
+        )
+        logger.warning(
+            "refused %s of %s by tenant %s: %s", action, task_id or owner, requester, reason
+        )
+        return _error(403, reason, record)
+
+    def answer_task(self, requester: str, task_id: str) -> Answer:
+        """``GET /tasks/{task_id}`` for ``requester`` ("" = operator)."""
+        status = self.task(task_id)
+        if status is None or (requester and status.tenant is None):
+            return _error(404, f"task {task_id!r} is not known to the processor")
+        reason = access_refusal(requester or None, status.tenant)
+        if reason is not None:
+            assert status.tenant is not None
+            return self._refuse(
+                requester, "query", status.tenant, f"task {task_id!r}: {reason}", task_id
+            )
+        return Answer(200, status.to_json())
+
+    def answer_tasks(self, requester: str, query: Mapping[str, str]) -> Answer:
+        """``GET /tasks?state=&tenant=&limit=`` for ``requester`` ("" = operator)."""
+        state = query.get("state") or None
+        if state is not None and state not in {s.value for s in st.TaskState}:
+            known = ", ".join(s.value for s in st.TaskState)
+            return _error(400, f"state={state!r}: expected one of {known}")
+        raw_limit = query.get("limit") or "50"
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+            return _error(400, f"limit={raw_limit!r}: expected 1..{MAX_LIMIT}")
+        tenant = query.get("tenant") or None
+        if requester and tenant is not None and tenant != requester:
+            reason = f"tenant {requester!r} may not list the tasks of tenant {tenant!r}"
+            return self._refuse(requester, "list", tenant, reason, None)
+        chosen = st.select(
+            self.all_tasks(requester or None),
+            st.TaskState(state) if state else None,
+            tenant,
+            int(raw_limit),
+        )
+        return Answer(200, {"tasks": [t.to_json() for t in chosen]})
+
+    def answer_predict(self, requester: str, query: Mapping[str, str]) -> Answer:
+        """``GET /models/predict?task_id=&hardware=`` for ``requester``."""
+        task_id = query.get("task_id") or ""
+        hardware = query.get("hardware") or ""
+        if not task_id or not hardware:
+            return _error(400, "expected query parameters task_id and hardware")
+        status = self.task(task_id)
+        owner = None if status is None else status.tenant
+        reason = access_refusal(requester or None, owner)
+        if reason is not None:
+            assert owner is not None
+            return self._refuse(requester, "predict", owner, f"task {task_id!r}: {reason}", task_id)
+        answer = None if requester and owner is None else self.predict(task_id, hardware)
+        if answer is None:
+            return _error(404, f"task {task_id!r}: not known, or its submission not seen")
+        return Answer(200, answer)
 
 
 def topic_partitions(config: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, int]:
@@ -403,6 +542,7 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
         return app.topic(*names, key_serializer="raw", value_serializer="raw")
 
     submitted_out = raw_topic(topics.TASKS_SUBMITTED)
+    decisions_out = raw_topic(topics.DECISIONS)
     deadletter = raw_topic(topics.DEAD_LETTER)
     ticks = raw_topic(cfg.ticks_topic)
 
@@ -411,7 +551,7 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
             await submitted_out.send(
                 key=ev.task_id.encode(),
                 value=codec.encode(ev),
-                headers=[("type", ev.type.encode())],
+                headers=[("type", ev.type.encode()), *tenant_headers(ev.tenant)],
             )
 
     @app.agent(raw_topic(*TASK_TOPICS))
@@ -419,9 +559,11 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
         async for event in stream.events():
             topic = event.message.topic
             try:
-                decoded = proc.decode(topic, event.value or b"")
+                decoded = proc.decode(topic, event.value or b"", event.headers)
             except InvalidEvent as exc:
                 proc.skip(topic, exc)
+                continue
+            if isinstance(decoded, AccessRefused):
                 continue
             proc.on_task_event(decoded)
             if proc.hub.checkpoint_due(proc.clock()):
@@ -435,7 +577,7 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
             except InvalidEvent as exc:
                 proc.skip(topics.NODE_HEARTBEATS, exc)
                 continue
-            if isinstance(decoded, NodeHeartbeat):
+            if isinstance(decoded, NodeHeartbeat):  # (type checked: the topic carries more)
                 proc.on_heartbeat(decoded)
 
     @app.agent(raw_topic(topics.DATA_INGESTED, cfg.ticks_topic))
@@ -501,7 +643,16 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
             cfg.on_web_ready(url)
 
     app.task(announce)
-    _add_views(app, proc, View)
+
+    async def audit(record: AccessRefused) -> None:
+        key = record.task_id or record.requested_by
+        await decisions_out.send(
+            key=key.encode(),
+            value=codec.encode(record),
+            headers=[("type", record.type.encode()), *tenant_headers(record.requested_by)],
+        )
+
+    _add_views(app, proc, View, audit, cfg.require_tenant)
     return app, proc
 
 
@@ -632,41 +783,40 @@ async def _wait_for_port(host: str, port: int) -> None:
         return
 
 
-def _add_views(app: Any, proc: Processor, view: Any) -> None:
+def _add_views(
+    app: Any,
+    proc: Processor,
+    view: Any,
+    audit: Callable[[AccessRefused], Any],
+    require_tenant: bool,
+) -> None:
     def error(self: Any, status: int, message: str) -> Any:
         return self.json({"error": message}, status=status)
+
+    async def respond(self: Any, request: Any, answer: Callable[[str], Answer]) -> Any:
+        who = proc.requester(request.headers, require_tenant)
+        result = who if isinstance(who, Answer) else answer(who)
+        if result.refusal is not None:
+            try:
+                await audit(result.refusal)
+            except Exception as exc:  # the refusal stands even if its audit failed
+                logger.error("access refusal not audited: %s", exc)
+        return self.json(result.body, status=result.status)
 
     @app.page("/tasks/{task_id}")
     class TaskView(view):  # type: ignore[misc]
         async def get(self, request: Any, task_id: str) -> Any:
-            status = proc.task(task_id)
-            if status is None:
-                return error(self, 404, f"task {task_id!r} is not known to the processor")
-            return self.json(status.to_json())
+            return await respond(self, request, lambda who: proc.answer_task(who, task_id))
 
     @app.page("/tasks")
     class TasksView(view):  # type: ignore[misc]
         async def get(self, request: Any) -> Any:
-            query = request.query
-            state = query.get("state") or None
-            if state is not None and state not in {s.value for s in st.TaskState}:
-                known = ", ".join(s.value for s in st.TaskState)
-                return error(self, 400, f"state={state!r}: expected one of {known}")
-            raw_limit = query.get("limit") or "50"
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-                return error(self, 400, f"limit={raw_limit!r}: expected 1..{MAX_LIMIT}")
-            chosen = st.select(
-                proc.all_tasks(),
-                st.TaskState(state) if state else None,
-                query.get("tenant") or None,
-                int(raw_limit),
-            )
-            return self.json({"tasks": [t.to_json() for t in chosen]})
+            return await respond(self, request, lambda who: proc.answer_tasks(who, request.query))
 
     @app.page("/summary")
     class SummaryView(view):  # type: ignore[misc]
         async def get(self, request: Any) -> Any:
-            return self.json(proc.summary())
+            return await respond(self, request, lambda who: Answer(200, proc.summary(who or None)))
 
     @app.page("/models")
     class ModelsView(view):  # type: ignore[misc]
@@ -679,14 +829,7 @@ def _add_views(app: Any, proc: Processor, view: Any) -> None:
     @app.page("/models/predict")
     class PredictView(view):  # type: ignore[misc]
         async def get(self, request: Any) -> Any:
-            task_id = request.query.get("task_id") or ""
-            hardware = request.query.get("hardware") or ""
-            if not task_id or not hardware:
-                return error(self, 400, "expected query parameters task_id and hardware")
-            answer = proc.predict(task_id, hardware)
-            if answer is None:
-                return error(self, 404, f"task {task_id!r}: not known, or its submission not seen")
-            return self.json(answer)
+            return await respond(self, request, lambda who: proc.answer_predict(who, request.query))
 
     @app.page("/nodes")
     class NodesView(view):  # type: ignore[misc]

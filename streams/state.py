@@ -98,6 +98,15 @@ class StaleEvent(_Record):
     why: str
 
 
+class PendingCancel(_Record):
+    """A cancel command that arrived before the task's submission (topics are read
+    independently): applied when the submission shows who owns the task."""
+
+    requested_by: str
+    reason: str
+    occurred_at: datetime
+
+
 class TaskStatus(_Record):
     """Everything the status view knows about one task.
 
@@ -135,6 +144,7 @@ class TaskStatus(_Record):
     stale_events: tuple[StaleEvent, ...] = ()
     recent_event_ids: tuple[str, ...] = ()
     spec: dict[str, Any] | None = None
+    pending_cancel: PendingCancel | None = None
 
     @property
     def terminal(self) -> bool:
@@ -222,6 +232,15 @@ def _submitted(st: TaskStatus, ev: TaskSubmitted) -> TaskStatus:
     }
     if st.state == TaskState.SUBMITTED and st.attempt == 0:
         update["state"] = TaskState.SUBMITTED if ev.depends_on else TaskState.QUEUED
+    pending = st.pending_cancel
+    if pending is not None:
+        update["pending_cancel"] = None
+        if pending.requested_by == ev.tenant and update.get("state") is not None:
+            update.update(
+                state=TaskState.CANCELLED,
+                cancel_reason=pending.reason,
+                finished_at=pending.occurred_at,
+            )
     return st.model_copy(update=update)
 
 
@@ -298,8 +317,17 @@ def _ended(st: TaskStatus, ev: TaskEnded) -> TaskStatus:
 
 def _cancel_command(st: TaskStatus, ev: CancelTask) -> TaskStatus:
     """A queued task is cancelled by the scheduler at once (no executor reports it); an
-    assigned or running one ends when its executor reports ``task.cancelled``."""
+    assigned or running one ends when its executor reports ``task.cancelled``. Only its
+    own tenant may cancel a task: a cancel by another (``requested_by``) changes nothing
+    (the scheduler refuses it). A cancel seen before the submission waits for it."""
+    if st.submitted_at is None and st.attempt == 0 and not st.terminal:
+        pending = PendingCancel(
+            requested_by=ev.requested_by, reason=ev.reason, occurred_at=ev.occurred_at
+        )
+        return st.model_copy(update={"pending_cancel": pending})
     if st.state not in (TaskState.SUBMITTED, TaskState.QUEUED) or st.submitted_at is None:
+        return st
+    if ev.requested_by != st.tenant:
         return st
     return st.model_copy(
         update={

@@ -11,6 +11,15 @@ Writes go to Kafka (``bootstrap_servers``, default ``KAFKA_BOOTSTRAP_SERVERS`` p
 status view over HTTP (``status_url``, default ``STREAMSCHED_STATUS_URL`` or
 ``http://127.0.0.1:6066``). Every event is validated before it is sent: bad input raises
 :class:`~streamsched.schemas.errors.InvalidEvent` (a ValueError) naming the field.
+
+Tenant: the client speaks for one tenant, :attr:`Client.tenant`: the authenticated SASL
+user name when SASL is configured, else the ``tenant`` argument, else
+``STREAMSCHED_TENANT``, else none (then each event names its own). Every record it
+publishes carries the tenant in the ``streamsched-tenant`` header (see
+:mod:`streamsched.schemas.tenancy`); an event whose body names another tenant (a
+submission's ``tenant``, a cancel's ``requested_by``) is refused before it is sent. Reads
+send the tenant in the ``X-Streamsched-Tenant`` request header, so the status view shows
+only that tenant's tasks (:class:`AccessDenied` for another tenant's).
 """
 
 from __future__ import annotations
@@ -32,14 +41,32 @@ from streamsched.schemas import codec, topics
 from streamsched.schemas.commands import CancelTask, PolicyUpdate
 from streamsched.schemas.data import DataIngested
 from streamsched.schemas.envelope import SCHEMA_VERSION, EventEnvelope, new_event_id
+from streamsched.schemas.errors import InvalidEvent
 from streamsched.schemas.tasks import TaskSubmitted
-from streamsched.settings import kafka_settings
+from streamsched.schemas.tenancy import (
+    HTTP_TENANT_HEADER,
+    body_tenant_of,
+    check_tenant,
+    tenant_headers,
+)
+from streamsched.settings import configured_tenant, kafka_settings, sasl_principal
 from streamsched.streams.state import TaskStatus
 
-__all__ = ["Client", "ClientError", "TaskNotFoundError", "TaskStatus", "submission_event"]
+__all__ = [
+    "AccessDenied",
+    "Client",
+    "ClientError",
+    "TaskNotFoundError",
+    "TaskStatus",
+    "submission_event",
+]
 
 DEFAULT_STATUS_URL: Final = "http://127.0.0.1:6066"
 STATUS_URL_ENV: Final = "STREAMSCHED_STATUS_URL"
+#: ``requested_by`` of a cancel when the client speaks for no tenant.
+DEFAULT_TENANT: Final = "default"
+#: The body field that names the tenant, per event type (for error messages).
+_TENANT_FIELDS: Final = {"task.submitted": "tenant", "command.cancel_task": "requested_by"}
 
 
 class ClientError(RuntimeError):
@@ -48,6 +75,11 @@ class ClientError(RuntimeError):
 
 class TaskNotFoundError(ClientError, LookupError):
     """The status view does not know the task."""
+
+
+class AccessDenied(ClientError, PermissionError):  # noqa: N818 (reads as what happened)
+    """The status view refused the request: it reached for another tenant's task, or
+    the view requires a tenant and the client speaks for none."""
 
 
 def _envelope(source: str) -> dict[str, Any]:
@@ -87,7 +119,11 @@ class Client:
     """Talks to a streamsched cluster. Kafka is only contacted by the write methods
     (``submit``, ``cancel``, ``ingest``), the status view only by the read methods
     (``query``, ``tasks``, ``summary``). Close it (or use it as a context manager) to
-    release the producer."""
+    release the producer.
+
+    ``tenant`` is the tenant to speak for when SASL is not configured (default
+    ``STREAMSCHED_TENANT``); with SASL the authenticated user name is the tenant, and a
+    different ``tenant`` raises ClientError."""
 
     def __init__(
         self,
@@ -96,10 +132,15 @@ class Client:
         *,
         source: str = "client",
         timeout_s: float = 15.0,
+        tenant: str | None = None,
     ) -> None:
         settings = kafka_settings()
         self.bootstrap_servers = bootstrap_servers or settings.bootstrap_servers
         self._settings = settings
+        #: The authenticated SASL user name, if SASL is configured.
+        self.principal = sasl_principal(settings)
+        #: The tenant this client speaks for (None: each event names its own).
+        self.tenant = _own_tenant(self.principal, tenant)
         self.status_url = (
             status_url or os.environ.get(STATUS_URL_ENV, "").strip() or DEFAULT_STATUS_URL
         ).rstrip("/")
@@ -111,21 +152,26 @@ class Client:
 
     def submit(self, task: TaskSubmitted | Mapping[str, Any] | None = None, **fields: Any) -> str:
         """Validate and publish a submission to ``sched.tasks.submitted``; its task id.
-        See :func:`submission_event` for the defaults."""
+        See :func:`submission_event` for the defaults; ``tenant`` defaults to the
+        client's :attr:`tenant`."""
+        if self.tenant is not None and "tenant" not in fields and not _names_tenant(task):
+            fields["tenant"] = self.tenant
         event = submission_event(task, source=self.source, **fields)
         self.send(topics.TASKS_SUBMITTED, event.task_id, event)
         return event.task_id
 
     def cancel(
-        self, task_id: str, reason: str = "cancelled by user", tenant: str = "default"
+        self, task_id: str, reason: str = "cancelled by user", tenant: str | None = None
     ) -> str:
-        """Ask the scheduler to cancel ``task_id`` (``sched.commands``); the event id."""
+        """Ask the scheduler to cancel ``task_id`` (``sched.commands``); the event id.
+        ``requested_by`` is ``tenant``, default the client's :attr:`tenant` (else
+        ``"default"``); the scheduler refuses a cancel by another tenant than the task's."""
         data = {
             "type": "command.cancel_task",
             **_envelope(self.source),
             "task_id": task_id,
             "reason": reason,
-            "requested_by": tenant,
+            "requested_by": tenant or self.tenant or DEFAULT_TENANT,
         }
         event = codec.validate_as(CancelTask, data, now=datetime.now(UTC))
         self.send(topics.COMMANDS, task_id, event)
@@ -173,8 +219,18 @@ class Client:
         return event.event_id
 
     def send(self, topic: str, key: str, event: EventEnvelope) -> None:
-        """Publish ``event`` and wait until Kafka acknowledged it (ClientError if not
-        within ``timeout_s``)."""
+        """Publish ``event`` with the tenant header and wait until Kafka acknowledged it
+        (ClientError if not within ``timeout_s``). InvalidEvent, before anything is
+        sent, if the event's body names another tenant than the client's."""
+        claimed = body_tenant_of(event)
+        if self.tenant is not None and claimed is not None and claimed != self.tenant:
+            raise InvalidEvent(
+                event.type,
+                _TENANT_FIELDS.get(event.type, "tenant"),
+                f"{claimed!r} is not this client's tenant {self.tenant!r} "
+                f"({self._tenant_origin()}): a client speaks only for its own tenant",
+            )
+        tenant = self.tenant if self.tenant is not None else claimed
         producer = self._get_producer()
         failures: list[KafkaError] = []
 
@@ -186,7 +242,7 @@ class Client:
             topic,
             codec.encode(event),
             key=key.encode("utf-8"),
-            headers=[("type", event.type)],
+            headers=[("type", event.type), *tenant_headers(tenant)],
             on_delivery=delivered,
         )
         if producer.flush(self.timeout_s) != 0:
@@ -233,10 +289,18 @@ class Client:
         result: dict[str, Any] = self._get("/summary")
         return result
 
+    def _tenant_origin(self) -> str:
+        if self.principal is not None:
+            return "the authenticated SASL user"
+        return "configured for the client"
+
     def _get(self, path: str, task_id: str | None = None) -> Any:
         url = self.status_url + path
+        request = urllib.request.Request(url)
+        if self.tenant is not None:
+            request.add_header(HTTP_TENANT_HEADER, self.tenant)
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             message = _error_text(exc)
@@ -244,6 +308,8 @@ class Client:
                 raise TaskNotFoundError(
                     f"task {task_id!r} is not known to the status view at {self.status_url}"
                 ) from None
+            if exc.code in (401, 403):
+                raise AccessDenied(f"status view {url}: {message}") from None
             raise ClientError(f"status view {url}: HTTP {exc.code}: {message}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -267,6 +333,30 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _own_tenant(principal: str | None, tenant: str | None) -> str | None:
+    """The tenant a client speaks for (see :class:`Client`); ClientError if ``tenant``
+    contradicts the SASL principal or is not a valid tenant."""
+    try:
+        if principal is not None:
+            check_tenant(principal, "the SASL user name (sasl.username)")
+            if tenant is not None and tenant != principal:
+                raise ClientError(
+                    f"tenant {tenant!r} differs from the authenticated SASL user {principal!r}: "
+                    "a client authenticated by SASL speaks only for its own user"
+                )
+            return principal
+        chosen = tenant or configured_tenant()
+        return None if chosen is None else check_tenant(chosen, "tenant")
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+
+
+def _names_tenant(task: object) -> bool:
+    if isinstance(task, TaskSubmitted):
+        return True
+    return isinstance(task, Mapping) and "tenant" in task
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:

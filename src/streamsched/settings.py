@@ -34,3 +34,42 @@ def kafka_settings(environ: Mapping[str, str] | None = None) -> KafkaSettings:
         if key.startswith(KAFKA_PREFIX) and len(key) > len(KAFKA_PREFIX)
     }
     return KafkaSettings(servers, extra)
+
+
+# ---------------------------------------------------------------------- tenants
+
+#: The tenant the client and the CLI speak for when no SASL principal is configured.
+TENANT_ENV = "STREAMSCHED_TENANT"
+#: ``true``: the processor's status view refuses requests that name no tenant.
+REQUIRE_TENANT_ENV = "STREAMSCHED_STATUS_REQUIRE_TENANT"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def sasl_principal(settings: KafkaSettings) -> str | None:
+    """The SASL user name the Kafka clients authenticate as (``sasl.username`` when
+    ``security.protocol`` is SASL_PLAINTEXT or SASL_SSL), or None. Kerberos (GSSAPI)
+    and OAUTHBEARER principals are not read from the configuration: name the tenant
+    with ``STREAMSCHED_TENANT`` then."""
+    config = settings.client_config
+    if not str(config.get("security.protocol", "")).upper().startswith("SASL_"):
+        return None
+    return str(config.get("sasl.username", "")).strip() or None
+
+
+def configured_tenant(environ: Mapping[str, str] | None = None) -> str | None:
+    """``STREAMSCHED_TENANT`` (None when unset or blank)."""
+    env = os.environ if environ is None else environ
+    return env.get(TENANT_ENV, "").strip() or None
+
+
+def status_requires_tenant(environ: Mapping[str, str] | None = None) -> bool:
+    """``STREAMSCHED_STATUS_REQUIRE_TENANT`` as a flag (default false). ValueError naming
+    the variable for anything but true/false, 1/0, yes/no, on/off."""
+    env = os.environ if environ is None else environ
+    raw = env.get(REQUIRE_TENANT_ENV, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{REQUIRE_TENANT_ENV}={raw!r}: expected true or false")

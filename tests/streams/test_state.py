@@ -266,3 +266,21 @@ def test_a_completion_that_arrives_after_the_verdict_still_brings_its_runtime() 
     assert forecast_observation(settled, done) == ("gpu-v100", 100.0, 42.0)
     again = fold(att(TaskCompleted, runtime_s=43.0), start=done)
     assert again.actual_runtime_s == 42.0  # a second completion is stale
+
+
+def test_only_the_owner_cancels_and_a_cancel_may_come_before_the_submission() -> None:
+    by_owner = CancelTask(**_env(), task_id="t1", reason="not needed", requested_by="vision")
+    by_other = CancelTask(**_env(), task_id="t1", reason="mine now", requested_by="ads")
+    assert fold(submitted(), by_other).state == TaskState.QUEUED  # the scheduler refuses it
+    sub = submitted()
+    early = fold(by_owner, sub)  # sched.commands read before the submission
+    assert (early.state, early.cancel_reason, early.pending_cancel) == (
+        TaskState.CANCELLED, "not needed", None,
+    )  # fmt: skip
+    assert early.finished_at == by_owner.occurred_at
+    stranger = fold(by_other, submitted())
+    assert (stranger.state, stranger.pending_cancel) == (TaskState.QUEUED, None)
+    # the assignment came first too: the attempt ends when its executor reports it
+    racing = fold(by_owner, audit(), submitted())
+    assert (racing.state, racing.pending_cancel) == (TaskState.ASSIGNED, None)
+    assert fold(by_owner, sub, by_owner, sub) == early  # redeliveries change nothing

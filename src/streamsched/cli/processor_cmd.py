@@ -18,6 +18,7 @@ from confluent_kafka import KafkaException
 
 from streamsched import metrics
 from streamsched.broker import BrokerError, client_config
+from streamsched.settings import status_requires_tenant
 
 from ._common import cli_errors, fail
 from .live import require_bootstrap
@@ -60,6 +61,16 @@ def processor(
     models_topic: Annotated[
         str, typer.Option(help="Topic of the model checkpoints and drift events.")
     ] = "sched.models",
+    require_tenant: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-tenant/--no-require-tenant",
+            help="Refuse status-view requests without the X-Streamsched-Tenant header "
+            "(default: $STREAMSCHED_STATUS_REQUIRE_TENANT, else false: requests without "
+            "it are answered in operator mode).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the stream processor: the task status view, node and dataset state, triggers,
     and the learned models (restored at start, checkpointed to the models topic)."""
@@ -76,6 +87,9 @@ def processor(
     if triggers is not None:
         with cli_errors("--triggers"):
             rules = load_rules(triggers)
+    if require_tenant is None:
+        with cli_errors():
+            require_tenant = status_requires_tenant()
     servers, settings = require_bootstrap("processor")
     config = client_config(servers, settings)
     if metrics_port is not None:
@@ -96,6 +110,7 @@ def processor(
         restore_models=restore,
         checkpoint_every=checkpoint_every,
         checkpoint_interval_s=checkpoint_interval,
+        require_tenant=require_tenant,
     )
     try:
         with cli_errors():

@@ -23,12 +23,13 @@ from confluent_kafka.admin import AdminClient
 from rich.table import Table
 
 from streamsched.broker import client_config
-from streamsched.client import Client, ClientError, submission_event
+from streamsched.client import DEFAULT_TENANT, Client, ClientError, submission_event
 from streamsched.schemas import codec, topics
 from streamsched.schemas.data import DataIngested
 from streamsched.schemas.decisions import DecisionAudit
 from streamsched.schemas.envelope import SCHEMA_VERSION, new_event_id
 from streamsched.schemas.tasks import TaskRejected
+from streamsched.settings import configured_tenant, kafka_settings, sasl_principal
 from streamsched.streams.state import TaskState, TaskStatus
 
 from ._common import cli_errors, fail, parse_params, stdout_console
@@ -66,7 +67,14 @@ def submit(
         Path | None, typer.Option("--file", help="A task.submitted event as JSON.")
     ] = None,
     task_id: Annotated[str | None, typer.Option(help="Default: a new unique id.")] = None,
-    tenant: Annotated[str, typer.Option(help="Tenant (team) submitting.")] = "default",
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Tenant (team) submitting. Default: the SASL user when SASL is configured, "
+            "else $STREAMSCHED_TENANT, else 'default'.",
+            show_default=False,
+        ),
+    ] = None,
     task_type: Annotated[str, typer.Option("--type", help="Kind of work.")] = "task",
     gpus: Annotated[int, typer.Option(help="Whole GPUs (1 with --gpu-milli: a share).")] = 0,
     gpu_milli: Annotated[
@@ -113,7 +121,7 @@ def submit(
             **_envelope(),
             "task_id": tid,
             "idempotency_key": tid,
-            "tenant": tenant,
+            "tenant": tenant or cli_tenant() or DEFAULT_TENANT,
             "task_type": task_type,
             "resources": resources,
             "priority": priority,
@@ -138,13 +146,21 @@ def submit(
 
 def cancel(
     task_id: Annotated[str, typer.Argument(help="The task to cancel.")],
-    tenant: Annotated[str, typer.Option(help="Tenant asking (the task's owner).")] = "default",
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Tenant asking (must own the task). Default: the SASL user when SASL is "
+            "configured, else $STREAMSCHED_TENANT, else 'default'.",
+            show_default=False,
+        ),
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "cancelled by user",
 ) -> None:
-    """Cancel a task: queued, it is dropped; running, its attempt is stopped."""
+    """Cancel a task: queued, it is dropped; running, its attempt is stopped. The
+    scheduler refuses (and audits) a cancel by a tenant that does not own the task."""
     servers, _settings = require_bootstrap("cancel command")
-    with _client(servers) as client, cli_errors():
-        client.cancel(task_id, reason=reason, tenant=tenant)
+    with _client(servers, tenant=tenant) as client, cli_errors():
+        client.cancel(task_id, reason=reason)
     typer.echo(f"cancel requested for {task_id}")
 
 
@@ -212,10 +228,23 @@ def ingest(
     typer.echo(f"ingested {rows} rows, {bytes_} bytes into {dataset} (event {event_id})")
 
 
+def cli_tenant() -> str | None:
+    """The tenant the CLI speaks for without ``--tenant``: the SASL user, else
+    ``$STREAMSCHED_TENANT``."""
+    return sasl_principal(kafka_settings()) or configured_tenant()
+
+
 @contextmanager
-def _client(servers: str | None = None, status_url: str | None = None) -> Iterator[Client]:
-    """A Client whose failures (broker or status view unreachable) exit 1 with one line."""
-    client = Client(servers, status_url, source="cli")
+def _client(
+    servers: str | None = None, status_url: str | None = None, tenant: str | None = None
+) -> Iterator[Client]:
+    """A Client whose failures (broker or status view unreachable, a request refused)
+    exit 1 with one line."""
+    try:
+        client = Client(servers, status_url, source="cli", tenant=tenant)
+    except ClientError as exc:  # e.g. --tenant contradicts the SASL user
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         yield client
     except ClientError as exc:
@@ -236,13 +265,20 @@ def status(
         ),
     ] = None,
     state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
-    tenant: Annotated[str | None, typer.Option(help="Only tasks of this tenant.")] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="The tenant asking: the view shows only its tasks (default: the SASL user, "
+            "else $STREAMSCHED_TENANT, else none: operator mode, every task).",
+            show_default=False,
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many tasks.")] = 20,
 ) -> None:
     """Show a task's status, or recent tasks and the summary, from the stream processor."""
     if state is not None and state not in {s.value for s in TaskState}:
         fail(f"--state {state!r}: expected one of {', '.join(s.value for s in TaskState)}")
-    with _client(status_url=status_url) as client:
+    with _client(status_url=status_url, tenant=tenant) as client:
         if task_id is not None:
             one = client.query(task_id)
             if as_json:
@@ -250,7 +286,7 @@ def status(
             else:
                 _print_task(one)
             return
-        recent = client.tasks(state=state, tenant=tenant, limit=limit)
+        recent = client.tasks(state=state, tenant=client.tenant, limit=limit)
         summary = client.summary()
     if as_json:
         typer.echo(json.dumps({"tasks": [t.to_json() for t in recent], "summary": summary}))
