@@ -157,6 +157,13 @@ HEARTBEAT_TIMEOUT_S = 10.0
 #: declares it lost (``CoreConfig.reconcile_grace_s``): e.g. an executor that restarted
 #: without its journal, or an assignment lost on the way.
 RECONCILE_GRACE_S = 10.0
+#: Queued tasks a tenant may have before its further submissions are refused
+#: (``CoreConfig.max_queued_per_tenant``; the rejection names the bound). Bounds the
+#: agent's memory under a burst: a queued task costs about 8 KB (7.7 KB measured with
+#: tracemalloc for a one-GPU submission with a short command, its wire submission
+#: included), so about 80 MB per tenant at the bound. Slurm's default job limit
+#: (``MaxJobCount``) is the same number, for the whole cluster.
+MAX_QUEUED_PER_TENANT = 10_000
 #: How long a flush may take (after a batch, and on stop).
 FLUSH_TIMEOUT_S = 10.0
 #: Gauges (queue depth, running, consumer lag) are refreshed at most this often.
@@ -326,6 +333,14 @@ class PlacementAgent:
     the stream processor's newest checkpoint (a warm start; see ``streamsched
     placement --warm-start``).
 
+    ``journal`` (wall-clock mode only) journals every core call and restores the core
+    from the journal on start (:mod:`.placement_journal`); ``forecaster_identity`` names
+    the runtime model the core starts from, for the journal's header (a restart must
+    start from the same one). ``max_queued_per_tenant`` bounds each tenant's queue
+    (admission control); ``core_options`` sets any other
+    :class:`~streamsched.scheduler.core.CoreConfig` field (retry backoff, breaker, cancel
+    operators).
+
     ``submissions`` holds the wire submission of each task the core still needs it for
     (assignments copy its command and env); an entry is dropped as soon as the core has
     the task in a terminal state or refused it, so memory follows the live tasks only.
@@ -348,6 +363,8 @@ class PlacementAgent:
         forecaster: RuntimeForecaster | None = None,
         journal: bool = True,
         forecaster_identity: Mapping[str, Any] | None = None,
+        max_queued_per_tenant: int | None = MAX_QUEUED_PER_TENANT,
+        core_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not tick_s > 0:
             raise ValueError(f"tick must be positive, got {tick_s}")
@@ -378,10 +395,14 @@ class PlacementAgent:
             get_policy(policy),
             forecaster if forecaster is not None else forecaster_for(get_policy(policy)),
             CoreConfig(
-                decision_prefix=decision_prefix,
-                heartbeat_timeout_s=heartbeat_timeout_s,
-                reconcile_grace_s=reconcile_grace_s,
-                unknown_upstream_grace_s=UNKNOWN_UPSTREAM_GRACE_S,
+                **{
+                    "decision_prefix": decision_prefix,
+                    "heartbeat_timeout_s": heartbeat_timeout_s,
+                    "reconcile_grace_s": reconcile_grace_s,
+                    "unknown_upstream_grace_s": UNKNOWN_UPSTREAM_GRACE_S,
+                    "max_queued_per_tenant": max_queued_per_tenant,
+                    **dict(core_options or {}),
+                }
             ),
         )
         #: Wire submissions by task id, while the core may still need them (see above).
@@ -1297,6 +1318,7 @@ __all__ = [
     "GROUP_ID",
     "HEARTBEAT_TIMEOUT_S",
     "INPUT_TOPICS",
+    "MAX_QUEUED_PER_TENANT",
     "RECONCILE_GRACE_S",
     "HeldEvents",
     "InFlight",

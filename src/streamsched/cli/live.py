@@ -21,7 +21,12 @@ from typing import Annotated, Any
 import typer
 from confluent_kafka import KafkaException
 
-from streamsched.agents.placement import HEARTBEAT_TIMEOUT_S, RECONCILE_GRACE_S, PlacementAgent
+from streamsched.agents.placement import (
+    HEARTBEAT_TIMEOUT_S,
+    MAX_QUEUED_PER_TENANT,
+    RECONCILE_GRACE_S,
+    PlacementAgent,
+)
 from streamsched.agents.placement_journal import JournalError, journal_topic, read_journal_header
 from streamsched.broker import BrokerError, EmbeddedBroker, client_config, ensure_topics
 from streamsched.scheduler.policies import POLICY_NAMES
@@ -127,6 +132,22 @@ def placement(
             "checkpoint on sched.models (policies with a learned model; never in a replay).",
         ),
     ] = True,
+    max_queued_per_tenant: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Queued tasks a tenant may have; further submissions are rejected with the "
+            "reason (0: no bound).",
+        ),
+    ] = MAX_QUEUED_PER_TENANT,
+    operator: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--operator",
+            help="A tenant allowed to cancel any tenant's task (repeatable; default: none, "
+            "each tenant cancels only its own tasks).",
+        ),
+    ] = None,
     journal: Annotated[
         bool,
         typer.Option(
@@ -175,6 +196,8 @@ def placement(
             decision_prefix=decision_prefix,
             heartbeat_timeout_s=heartbeat_timeout_s,
             reconcile_grace_s=reconcile_grace_s,
+            max_queued_per_tenant=max_queued_per_tenant or None,
+            core_options={"cancel_operators": tuple(operator or ())},
             replay_start=replay_start,
             replay_speedup=replay_speedup,
         )
