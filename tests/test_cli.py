@@ -274,3 +274,22 @@ def test_bench_core_tiny(tmp_path: Path) -> None:
 def test_bench_core_bad_sizes() -> None:
     assert_bad_input(invoke("bench", "core", "--nodes", "10,abc"), "--nodes", "abc")
     assert_bad_input(invoke("bench", "core", "--policy", "oracle"), "oracle")
+
+
+def test_chaos_help_names_the_faults_and_the_json() -> None:
+    result = invoke("chaos", "--help")
+    assert result.exit_code == 0, result.output
+    for option in ("--tasks", "--kills", "--restarts", "--placement-restarts", "--json"):
+        assert option in result.stdout
+
+
+def test_chaos_bad_settings_exit_2_before_starting_anything() -> None:
+    assert_bad_input(invoke("chaos", "--rate", "0"), "--rate")
+    assert_bad_input(invoke("chaos", "--task-s", "inf"), "--task-s")
+
+
+def test_bench_burst_help_names_the_count_and_the_json() -> None:
+    result = invoke("bench", "burst", "--help")
+    assert result.exit_code == 0, result.output
+    for option in ("--count", "--executors", "--slots", "--json"):
+        assert option in result.stdout

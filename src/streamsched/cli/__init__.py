@@ -17,6 +17,7 @@ from streamsched import __version__
 from . import (
     audit_cmd,
     bench,
+    chaos_cmd,
     executor_cmd,
     forecast_cmd,
     forecast_load_cmd,
@@ -53,6 +54,7 @@ app.command("executor")(executor_cmd.executor)
 app.command("broker")(live.broker)
 app.command("shadow-report")(shadow_cmd.shadow_report)
 app.command("audit")(audit_cmd.audit)
+app.command("chaos")(chaos_cmd.chaos)
 # Offline: simulation, schemas, benchmarks.
 app.command("simulate")(simulate)
 app.add_typer(schemas_cmd.app, name="schemas")
