@@ -1,13 +1,16 @@
 """``streamsched bench core``: how a placement decision's cost grows with nodes and backlog
 (the method is in :mod:`streamsched.benchcore`); ``streamsched bench pipeline``: latency
-and throughput of the live pipeline on a broker (:mod:`streamsched.benchpipeline`)."""
+and throughput of the live pipeline on a broker (:mod:`streamsched.benchpipeline`);
+``streamsched bench fuzz``: hostile input (:mod:`streamsched.fuzz`); ``streamsched bench
+burst``: a burst of submissions, memory per process and nothing lost
+(:mod:`streamsched.burst`)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -338,3 +341,109 @@ def fuzz(
         out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
     if not r.ok:
         raise typer.Exit(1)
+
+
+@app.command("burst")
+def burst(
+    count: Annotated[int, typer.Option(min=1, help="Submissions produced at once.")] = 100_000,
+    executors: Annotated[int, typer.Option(min=0, help="CPU executor processes.")] = 4,
+    slots: Annotated[int, typer.Option(min=1, help="One-CPU slots per executor.")] = 32,
+    timeout_s: Annotated[
+        float, typer.Option(min=1.0, help="Longest the run waits for every verdict.")
+    ] = 900.0,
+    idle_timeout_s: Annotated[
+        float, typer.Option(min=1.0, help="Stop when no new verdict arrived this long.")
+    ] = 60.0,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Logs of every process (default: a temporary dir).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
+) -> None:
+    """Produce COUNT submissions at once into the live system on an embedded broker
+    (processor, placement agent and executors running `true`); account for every one
+    (terminal, or rejected with a reason) and report each process's peak RSS. Exits 1 when
+    a submission is unaccounted for, completed twice, or a process died."""
+    from streamsched.burst import BurstConfig, BurstError, run_burst
+
+    err, out = stderr_console(), stdout_console()
+    cfg = BurstConfig(
+        count=count,
+        executors=executors,
+        slots=slots,
+        timeout_s=timeout_s,
+        idle_timeout_s=idle_timeout_s,
+        run_dir=run_dir,
+    )
+
+    def note(line: str) -> None:
+        err.print(f"[burst] {line}", markup=False, soft_wrap=True)
+
+    def progress(p: dict[str, Any]) -> None:
+        note(f"{p['elapsed_s']:.0f} s: {p['verdicts']:,} of {p['count']:,} have a verdict")
+
+    with cli_errors():
+        try:
+            result = run_burst(cfg, note=note, progress=progress)
+        except BurstError as exc:
+            raise ValueError(str(exc)) from None
+    r = result
+    m = r.machine
+    out.print(_burst_table(r.to_dict()))
+    rss = Table(title="memory per process (MiB)", title_justify="left")
+    for header in ("process", "peak RSS", "RSS at the end"):
+        rss.add_column(header, justify="right" if header != "process" else "left")
+    for name, peak in sorted(r.peak_rss_mib.items()):
+        end = r.end_rss_mib.get(name)
+        rss.add_row(name, f"{peak:,.0f}", "-" if end is None else f"{end:,.0f}")
+    out.print(rss)
+    for line in (
+        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['platform']}, Python {m['python']}",
+        f"ended: {r.ended_by}; logs: {r.run_dir}",
+        *(
+            f"unaccounted (first 20): {' '.join(r.unaccounted_sample)}"
+            for _ in [0]
+            if r.unaccounted
+        ),
+        *(f"{name} died on its own; log tail:\n{log}" for name, log in r.crash_logs.items()),
+        "PASS" if r.ok else "FAIL",
+    ):
+        out.print(line, markup=False, soft_wrap=True)
+    if json_out is not None:
+        with cli_errors("--json"):
+            json_out.write_text(json.dumps(json_safe(r.to_dict()), indent=2) + "\n", "utf-8")
+        out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
+    if not r.ok:
+        raise typer.Exit(1)
+
+
+def _burst_table(d: dict[str, Any]) -> Table:
+    table = Table(title="burst: every submission accounted for", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    view = d.get("status_view") or {}
+    view_states = ", ".join(
+        f"{k} {v:,}" for k, v in sorted((view.get("per_state") or {}).items()) if v
+    )
+    rows = [
+        ("submissions", f"{d['count']:,}"),
+        ("produced", f"{d['produced']:,} in {d['produce_s']:.1f} s ({d['produce_per_s']:,.0f}/s)"),
+        ("accepted", f"{d['accepted']:,}"),
+        ("terminal (of accepted)", f"{d['terminal']:,}"),
+        (
+            "rejected (with a reason)",
+            f"{d['rejected']:,} ({d['rejected'] - d['rejected_without_reason']:,})",
+        ),
+        ("unaccounted", f"{d['unaccounted']:,}"),
+        ("duplicate completions", f"{d['duplicate_completions']:,}"),
+        ("states", ", ".join(f"{k} {v:,}" for k, v in sorted(d["states"].items()))),
+        ("all verdicts after", f"{d['drain_s']:.1f} s ({d['end_to_end_per_s']:,.0f} tasks/s)"),
+        ("processor status view", f"{view.get('tasks') or 0:,} tasks: {view_states}"),
+        ("wall", f"{d['wall_s']:.1f} s"),
+    ]
+    for reason, n in d["rejection_reasons"].items():
+        rows.append((f"rejected: {reason}", f"{n:,}"))
+    for row in rows:
+        table.add_row(*row)
+    return table

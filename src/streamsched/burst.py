@@ -1,0 +1,471 @@
+"""A burst of submissions into the live system (``streamsched bench burst``).
+
+One run, on an embedded Tansu broker of its own:
+
+1. Start the stream processor, the placement agent and ``executors`` CPU executors (each
+   with ``slots`` one-CPU slots) as real ``streamsched`` subprocesses.
+2. A producer **process** (spawned, so that its memory is its own) produces ``count``
+   valid submissions to ``sched.tasks.submitted`` as fast as it can: pre-encoded records,
+   ``linger.ms`` 5, ``acks=all``. Each task runs ``true`` (argv, no shell) on an executor.
+3. This process follows ``sched.decisions`` and ``sched.tasks.events`` from the beginning
+   until every submission has a verdict, or nothing new arrived for ``idle_timeout_s``,
+   or ``timeout_s`` passed; it samples the resident memory of every process each second.
+
+"Nothing lost" means: every submission is accounted for, either **accepted and terminal**
+(a ``task.ended`` on ``sched.decisions``) or **rejected with a reason** (a
+``task.rejected`` whose ``reason`` is not empty); ``unaccounted`` counts the rest. A task
+with ``task.completed`` events of two attempts, or two with different event ids, counts in
+``duplicate_completions`` (as in :mod:`streamsched.chaos`).
+
+Memory: peak RSS (``VmHWM``) of each process, the broker's included (Tansu keeps every
+record in memory and never deletes, so its memory grows with the data by design), plus
+the RSS of each component at the end of the burst and a timeline sampled every
+:data:`TIMELINE_EVERY_S` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamsched.broker import EmbeddedBroker, client_config, ensure_topics
+from streamsched.chaos import (
+    ExecutorSpec,
+    Ledger,
+    LiveCluster,
+    TopicFollower,
+    machine_info,
+    own_peak_rss_mib,
+    view_json,
+)
+from streamsched.fuzz import peak_rss_mib
+from streamsched.schemas import codec
+from streamsched.schemas.tasks import TaskSubmitted
+from streamsched.schemas.topics import (
+    CORE_TOPIC_PARTITIONS,
+    DECISIONS,
+    TASK_EVENTS,
+    TASKS_SUBMITTED,
+)
+
+#: Seconds between two points of the memory timeline.
+TIMELINE_EVERY_S = 5.0
+#: The producer's librdkafka settings (a client under load batches).
+PRODUCER_SETTINGS: dict[str, Any] = {"linger.ms": 5, "acks": "all"}
+
+
+class BurstError(RuntimeError):
+    """The run could not be carried out (a component did not start); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class BurstConfig:
+    count: int = 100_000
+    executors: int = 4
+    slots: int = 32
+    timeout_s: float = 900.0
+    idle_timeout_s: float = 60.0
+    run_dir: Path | None = None
+
+    def validate(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"--count must be at least 1, got {self.count}")
+        if self.executors < 0:
+            raise ValueError(f"--executors must be >= 0, got {self.executors}")
+        if self.slots < 1:
+            raise ValueError(f"--slots must be at least 1, got {self.slots}")
+        for name in ("timeout_s", "idle_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number")
+
+
+@dataclass(slots=True)
+class BurstResult:
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    count: int = 0
+    produced: int = 0
+    produce_s: float = 0.0
+    produce_per_s: float = 0.0
+    accepted: int = 0
+    terminal: int = 0
+    rejected: int = 0
+    rejected_without_reason: int = 0
+    unaccounted: int = 0
+    duplicate_completions: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    rejection_reasons: dict[str, int] = field(default_factory=dict)
+    unaccounted_sample: list[str] = field(default_factory=list)
+    drain_s: float = 0.0
+    wall_s: float = 0.0
+    end_to_end_per_s: float = 0.0
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    end_rss_mib: dict[str, float] = field(default_factory=dict)
+    rss_timeline: list[dict[str, float]] = field(default_factory=list)
+    status_view: dict[str, Any] | None = None
+    crashes: list[str] = field(default_factory=list)
+    crash_logs: dict[str, str] = field(default_factory=dict)
+    ended_by: str = ""
+    run_dir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.produced == self.count
+            and self.unaccounted == 0
+            and self.rejected_without_reason == 0
+            and self.duplicate_completions == 0
+            and not self.crashes
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+def burst_submission_template(run_tag: str) -> tuple[str, str]:
+    """A submission encoded once with a placeholder task id (and its timestamp), so the
+    producer pays a string replace per record, not a pydantic encode."""
+    placeholder = "TASKIDPLACEHOLDER"
+    event = TaskSubmitted.model_validate(
+        {
+            "occurred_at": datetime.now(UTC),
+            "source": "burst",
+            "task_id": placeholder,
+            "idempotency_key": f"{placeholder}.k",
+            "tenant": "burst",
+            "task_type": "burst-true",
+            "resources": {"cpu_milli": 1000, "memory_mib": 16, "allowed_hardware": ["cpu"]},
+            "declared_work": {"runtime_s": 0.01},
+            "command": ["true"],
+            "env": {"BURST_RUN": run_tag},
+        }
+    )
+    text = codec.encode(event).decode()
+    check = codec.decode(text.replace(placeholder, "t-check").encode())
+    if not isinstance(check, TaskSubmitted) or check.task_id != "t-check":
+        raise ValueError("the burst submission template does not round-trip through the codec")
+    return text, placeholder
+
+
+def task_ids(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}{i:07d}" for i in range(count)]
+
+
+def _producer_main(
+    config: dict[str, Any], prefix: str, count: int, template: str, placeholder: str, out: Any
+) -> None:  # pragma: no cover - runs in a spawned process
+    """Produce ``count`` submissions as fast as possible; report (produced, seconds,
+    delivery errors, peak RSS MiB) on ``out``."""
+    import resource
+
+    errors = [0]
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors[0] += 1
+
+    producer = Producer({**config, **PRODUCER_SETTINGS})
+    topic = TASKS_SUBMITTED
+    t0 = time.perf_counter()
+    for i in range(count):
+        task_id = f"{prefix}{i:07d}"
+        value = template.replace(placeholder, task_id).encode()
+        while True:
+            try:
+                producer.produce(topic, value, key=task_id.encode(), on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 1000 == 0:
+            producer.poll(0)
+    left = producer.flush(120)
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out.put((count - left - errors[0], seconds, errors[0] + left, rss))
+
+
+class _Follower:
+    """Verdicts and completions of the burst's tasks, read from the beginning (a lean
+    fold: one small record per task, so 100,000 tasks stay cheap here too)."""
+
+    def __init__(self, config: dict[str, Any], prefix: str) -> None:
+        self.prefix = prefix
+        self.lock = threading.Lock()
+        self.verdicts: dict[str, tuple[str, str]] = {}  # task -> (state, reason)
+        self.completion: dict[str, str] = {}  # task -> first completion event id
+        self.duplicates: set[str] = set()
+        self.last_at = time.monotonic()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                **config,
+                "group.id": f"streamsched-burst-{os.getpid()}-{time.time_ns()}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        meta = AdminClient(config).list_topics(timeout=15).topics
+        self._consumer.assign(
+            [
+                TopicPartition(t, p, OFFSET_BEGINNING)
+                for t in (DECISIONS, TASK_EVENTS)
+                for p in meta[t].partitions
+            ]
+        )
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="burst-follower", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for msg in self._consumer.consume(num_messages=2000, timeout=0.1):
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            self.error = str(error)
+                        continue
+                    self._apply(msg.value() or b"")
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _apply(self, raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+        task_id = data.get("task_id")
+        if not isinstance(task_id, str) or not task_id.startswith(self.prefix):
+            return
+        kind = data.get("type")
+        with self.lock:
+            if kind == "task.ended":
+                if task_id not in self.verdicts:
+                    self.last_at = time.monotonic()
+                self.verdicts.setdefault(task_id, (str(data["state"]), ""))
+            elif kind == "task.rejected":
+                if task_id not in self.verdicts:
+                    self.last_at = time.monotonic()
+                self.verdicts.setdefault(task_id, ("rejected", str(data.get("reason") or "")))
+            elif kind == "task.completed":
+                event_id = str(data.get("event_id"))
+                first = self.completion.setdefault(task_id, event_id)
+                if first != event_id:
+                    self.duplicates.add(task_id)
+
+    def verdict_count(self) -> int:
+        with self.lock:
+            return len(self.verdicts)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+def _current_rss_mib(pid: int | None) -> float:
+    if pid is None:
+        return math.nan
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return math.nan
+
+
+def run_burst(
+    cfg: BurstConfig,
+    note: Callable[[str], None] = lambda _: None,
+    progress: Callable[[dict[str, Any]], None] = lambda _: None,
+) -> BurstResult:
+    """Run the burst (see the module docstring). Never raises for a broken invariant (read
+    :attr:`BurstResult.ok`); ValueError for bad settings, BurstError when the system
+    cannot be started."""
+    cfg.validate()
+    t_wall = time.monotonic()
+    run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix="streamsched-burst-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    config_dict["command"] = ["true"]
+    result = BurstResult(config=config_dict, machine=machine_info(), count=cfg.count)
+    result.run_dir = str(run_dir)
+    run_tag = f"b{os.getpid()}"
+    prefix = f"burst-{run_tag}-"
+    template, placeholder = burst_submission_template(run_tag)
+    with EmbeddedBroker() as broker:
+        config = client_config(broker.bootstrap_servers)
+        ensure_topics(config, CORE_TOPIC_PARTITIONS)
+        note(f"broker {broker.bootstrap_servers} (embedded); logs in {run_dir}")
+        specs = [ExecutorSpec(f"burst-cpu-{i}", "cpu", cfg.slots) for i in range(cfg.executors)]
+        ledger = Ledger()  # only for the readiness check (heartbeats)
+        beats = TopicFollower(config, ledger)
+        cluster = LiveCluster(broker.bootstrap_servers, run_dir, specs, app_id="burst-processor")
+        follower: _Follower | None = None
+        try:
+            note(f"started processor, placement and {len(specs)} executors; waiting for them")
+            try:
+                cluster.wait_ready(ledger)
+            except Exception as exc:
+                raise BurstError(str(exc)) from None
+            beats.close()
+            follower = _Follower(config, prefix)
+            _drive(
+                cfg,
+                cluster,
+                broker.pid,
+                follower,
+                config,
+                prefix,
+                template,
+                placeholder,
+                result,
+                note,
+                progress,
+            )
+        finally:
+            cluster.stop()
+            if follower is not None:
+                follower.close()
+            with_broker = {**cluster.peak_rss, "broker": peak_rss_mib(broker.pid)}
+        result.peak_rss_mib.update(with_broker)
+        result.peak_rss_mib["bench (follower)"] = own_peak_rss_mib()
+        result.crashes = list(cluster.crashes)
+        result.crash_logs = {n: cluster.children[n].log_tail(3000) for n in cluster.crashes}
+    if follower is not None:
+        _tally(result, follower, task_ids(prefix, cfg.count))
+    result.wall_s = time.monotonic() - t_wall
+    return result
+
+
+def _drive(
+    cfg: BurstConfig,
+    cluster: LiveCluster,
+    broker_pid: int | None,
+    follower: _Follower,
+    config: dict[str, Any],
+    prefix: str,
+    template: str,
+    placeholder: str,
+    result: BurstResult,
+    note: Callable[[str], None],
+    progress: Callable[[dict[str, Any]], None],
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    producer = ctx.Process(
+        target=_producer_main,
+        args=(config, prefix, cfg.count, template, placeholder, out),
+        daemon=True,
+    )
+    note(f"producing {cfg.count:,} submissions at once")
+    t0 = time.monotonic()
+    producer.start()
+    producer_peak = 0.0
+    produced: tuple[int, float, int, float] | None = None
+    last_timeline = -math.inf
+    deadline = t0 + cfg.timeout_s
+    pids = {"broker": broker_pid}
+    while True:
+        now = time.monotonic()
+        if produced is None:
+            producer_peak = max(producer_peak, peak_rss_mib(producer.pid))
+            if not out.empty():
+                produced = out.get()
+                result.produced, result.produce_s = produced[0], produced[1]
+                result.produce_per_s = produced[0] / max(produced[1], 1e-9)
+                producer_peak = max(producer_peak, produced[3])
+                note(
+                    f"produced {produced[0]:,} in {produced[1]:.1f} s "
+                    f"({result.produce_per_s:,.0f}/s), {produced[2]} not delivered"
+                )
+            elif not producer.is_alive():
+                raise BurstError(f"the producer process exited with code {producer.exitcode}")
+        cluster.sample_rss()
+        for name in cluster.check():
+            note(f"{name} exited on its own (exit {cluster.children[name].process.returncode})")
+        done = follower.verdict_count()
+        if now - last_timeline >= TIMELINE_EVERY_S:
+            last_timeline = now
+            point = {"t_s": round(now - t0, 1), "verdicts": float(done)}
+            for name, child in cluster.children.items():
+                point[name] = round(_current_rss_mib(child.process.pid), 1)
+            point["broker"] = round(_current_rss_mib(pids["broker"]), 1)
+            result.rss_timeline.append(point)
+            progress(
+                {
+                    "elapsed_s": now - t0,
+                    "verdicts": done,
+                    "count": cfg.count,
+                    "produced": result.produced,
+                }
+            )
+        if produced is not None and done >= cfg.count:
+            result.ended_by = "every submission has a verdict"
+            break
+        if produced is not None and now - follower.last_at > cfg.idle_timeout_s:
+            result.ended_by = f"no new verdict for {cfg.idle_timeout_s:g} s (idle timeout)"
+            break
+        if now > deadline:
+            result.ended_by = f"timeout ({cfg.timeout_s:g} s)"
+            break
+        time.sleep(0.5)
+    result.drain_s = time.monotonic() - t0
+    result.end_to_end_per_s = follower.verdict_count() / max(result.drain_s, 1e-9)
+    for name, child in cluster.children.items():
+        result.end_rss_mib[name] = round(_current_rss_mib(child.process.pid), 1)
+    result.end_rss_mib["broker"] = round(_current_rss_mib(broker_pid), 1)
+    result.peak_rss_mib["producer"] = producer_peak
+    producer.join(10)
+    summary = view_json(cluster.status_url, "/summary", timeout_s=30.0)
+    if isinstance(summary, dict):
+        result.status_view = {"tasks": summary.get("tasks"), "per_state": summary.get("per_state")}
+
+
+def _tally(result: BurstResult, follower: _Follower, expected: list[str]) -> None:
+    with follower.lock:
+        verdicts = dict(follower.verdicts)
+        result.duplicate_completions = len(follower.duplicates)
+    states: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    missing = []
+    for task_id in expected:
+        verdict = verdicts.get(task_id)
+        if verdict is None:
+            missing.append(task_id)
+            continue
+        state, reason = verdict
+        states[state] += 1
+        if state == "rejected":
+            result.rejected += 1
+            reasons[reason[:120]] += 1
+            result.rejected_without_reason += not reason.strip()
+    result.terminal = len(expected) - len(missing) - result.rejected
+    result.accepted = len(expected) - result.rejected
+    result.unaccounted = len(missing)
+    result.unaccounted_sample = missing[:20]
+    result.states = dict(states)
+    result.rejection_reasons = dict(reasons.most_common(10))
+
+
+__all__ = ["BurstConfig", "BurstError", "BurstResult", "run_burst"]
