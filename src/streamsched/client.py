@@ -147,6 +147,8 @@ class Client:
         self.source = source
         self.timeout_s = timeout_s
         self._producer: Producer | None = None
+        #: The last error the producer reported about the brokers (refused login, TLS).
+        self._broker_error: str | None = None
 
     # ------------------------------------------------------------------ writes
 
@@ -248,10 +250,21 @@ class Client:
         if producer.flush(self.timeout_s) != 0:
             raise ClientError(
                 f"could not deliver {event.type} to {topic} on {self.bootstrap_servers} "
-                f"within {self.timeout_s:g} s (is the broker reachable?)"
+                f"within {self.timeout_s:g} s ({self._why_undelivered()})"
             )
         if failures:
-            raise ClientError(f"delivery of {event.type} to {topic} failed: {failures[0]}")
+            raise ClientError(
+                f"delivery of {event.type} to {topic} failed: {failures[0]}"
+                + (f" (last broker error: {self._broker_error})" if self._broker_error else "")
+            )
+
+    def _why_undelivered(self) -> str:
+        if self._broker_error is not None:
+            return f"last broker error: {self._broker_error}"
+        return "is the broker reachable?"
+
+    def _on_broker_error(self, error: KafkaError) -> None:
+        self._broker_error = error.str()
 
     def _get_producer(self) -> Producer:
         if self._producer is None:
@@ -261,7 +274,14 @@ class Client:
                 )
             config = client_config(self.bootstrap_servers, self._settings)
             timeout_ms = int(self.timeout_s * 1000)
-            self._producer = Producer({**config, "acks": "all", "message.timeout.ms": timeout_ms})
+            self._producer = Producer(
+                {
+                    **config,
+                    "acks": "all",
+                    "message.timeout.ms": timeout_ms,
+                    "error_cb": self._on_broker_error,
+                }
+            )
         return self._producer
 
     # ------------------------------------------------------------------ reads
