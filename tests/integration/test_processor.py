@@ -22,11 +22,12 @@ import pytest
 from confluent_kafka import Message, Producer
 
 from streamsched.broker import client_config, free_port
-from streamsched.client import Client, ClientError, TaskNotFoundError
-from streamsched.schemas import topics
+from streamsched.client import AccessDenied, Client, ClientError, TaskNotFoundError
+from streamsched.schemas import codec, topics
 from streamsched.schemas.decisions import DecisionAudit
 from streamsched.schemas.lifecycle import TaskCompleted, TaskFailed, TaskStarted
 from streamsched.schemas.tasks import TaskSubmitted
+from streamsched.schemas.tenancy import AccessRefused
 from streamsched.testing import TopicReader
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -261,3 +262,57 @@ def test_bad_ingest_records_are_dead_lettered_and_good_ones_counted(
     assert (row["rows_total"], row["bytes_total"]) == (12, 120)
     time.sleep(1.0)  # the redelivered duplicate came last: it must not have been counted
     assert counted() == row
+
+
+def test_a_tenant_sees_only_its_tasks_and_a_refusal_is_audited(
+    processor: tuple[str, str],
+) -> None:
+    servers, url = processor
+    own, other = f"tn-own-{UID}", f"tn-other-{UID}"
+    mine, theirs = f"tenant-a-{UID}", f"tenant-b-{UID}"
+    with Client(servers, url, tenant=mine) as a, Client(servers, url, tenant=theirs) as b:
+        a.submit(task_id=own, task_type="train", governance={"pool": f"nowhere-{UID}"})
+        b.submit(task_id=other, task_type="train", governance={"pool": f"nowhere-{UID}"})
+        _wait("both tasks", lambda: a.query(own) and b.query(other))
+        assert a.query(own).tenant == mine
+        assert [t.task_id for t in a.tasks(limit=1000)] == [own]
+        assert a.summary()["tasks"] == 1
+        with pytest.raises(AccessDenied, match="may not see a task of another tenant"):
+            a.query(other)
+        with pytest.raises(AccessDenied, match="may not list the tasks of tenant"):
+            a.tasks(tenant=theirs)
+        with pytest.raises(TaskNotFoundError):
+            a.query(f"missing-{UID}")
+    with Client(servers, url) as operator:  # no tenant: operator mode, every task
+        assert {own, other} <= {t.task_id for t in operator.tasks(limit=1000)}
+
+    with TopicReader(client_config(servers), topics.DECISIONS, timeout_s=30) as reader:
+
+        def refusals(_: list[Any]) -> list[AccessRefused]:
+            found = []
+            for value, headers in reader.records:
+                if headers.get("type") == "access.refused":
+                    record = codec.decode_as(AccessRefused, value)
+                    if record.requested_by == mine:
+                        found.append(record)
+            return found
+
+        reader.wait_for(lambda recs: len(refusals(recs)) >= 2)
+        by_action = {r.action: r for r in refusals([])}
+    assert (by_action["query"].task_id, by_action["query"].tenant) == (other, theirs)
+    assert (by_action["list"].task_id, by_action["list"].tenant) == (None, theirs)
+    assert "another tenant" in by_action["query"].reason
+
+    env = {**os.environ, "STREAMSCHED_STATUS_URL": url, "STREAMSCHED_TENANT": mine}
+    refused = subprocess.run(
+        [str(CLI), "status", other], env=env, capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "may not see a task of another tenant" in refused.stderr
+    listed = subprocess.run(
+        [str(CLI), "status", "--json"], env=env, capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert [t["task_id"] for t in json.loads(listed.stdout)["tasks"]] == [own]
