@@ -40,8 +40,6 @@ from streamsched.testing import (
     up,
 )
 
-from .conftest import taught_forecaster
-
 S = TaskState
 
 #: No backoff, no breaker, no node bound: each test turns on what it is about.
@@ -314,7 +312,8 @@ def trip(core: SchedulerCore, at: float = 2.0) -> BreakerChanged:
     out: list[Instruction] = []
     for i in range(3):
         out += drive(core, failed(f"f{i}", 1, "Xid 79: GPU fell off the bus"), at + 1)
-    return only(out, BreakerChanged)
+    change: BreakerChanged = only(out, BreakerChanged)
+    return change
 
 
 def breaker_core(**config: Any) -> SchedulerCore:
@@ -438,9 +437,11 @@ def test_non_retryable_failures_are_the_tasks_fault_and_never_trip_the_breaker()
     assert of_type(out, BreakerChanged) == []
 
 
-def test_forecast_places_on_slower_hardware_rather_than_wait_for_a_paused_class() -> None:
+def test_forecast_places_on_slower_hardware_rather_than_wait_for_a_paused_class(
+    hetero_forecaster: RunningMeanForecaster,
+) -> None:
     nodes = gpus("v0") + gpus("k0", hardware="gpu-k80")
-    core = core_with(nodes, "forecast", taught_forecaster(), **BREAKER)
+    core = core_with(nodes, "forecast", hetero_forecaster, **BREAKER)
     for i in range(3):
         (a,) = assigns(drive(core, submitted(v100(f"f{i}")), 1.0 + i))
         drive(core, failed(a.task_id, 1), 1.5 + i)
@@ -464,7 +465,7 @@ def test_without_breakers_nothing_pauses() -> None:
 def test_breaker_decisions_replay_identically() -> None:
     def run() -> list[Instruction]:
         core = breaker_core()
-        out = [trip(core)]
+        out: list[Instruction] = [trip(core)]
         drive(core, submitted(v100("p")), 4.0)
         out += drive(core, tick(13.0), 13.0)
         out += drive(core, [started("p", 1, "v0"), completed("p", 1)], 14.0)
