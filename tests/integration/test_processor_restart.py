@@ -3,7 +3,8 @@ a set of tasks, is killed without warning once its consumer group has committed 
 every record, misses events while it is down, and is started again with the same app id.
 The new process must know every task with the right state - from the tables' changelogs,
 since the committed offsets are past the old records - fold what it missed, and count
-nothing twice (redelivered events with the same event ids change nothing).
+nothing twice (redelivered events with the same event ids change nothing). Twice over:
+the second process is killed the same way and a third one must know the result too.
 
 The broker is shared with the other tests of the session: the tasks belong to a tenant of
 this test only, and the counts are read through that tenant's view.
@@ -206,50 +207,73 @@ def _committed_past(servers: str, wanted: dict[tuple[str, int], int]) -> bool:
     return all(committed.get(tp, -1) > offset for tp, offset in wanted.items())
 
 
-def test_processor_killed_and_restarted_knows_every_task_once(kafka_bootstrap: str) -> None:
-    servers = kafka_bootstrap
-    feed = Feeder(servers)
-    first = ProcessorRun(servers)
+def _cancel_queued(feed: Feeder, i: int, state: str) -> str:
+    """While the second processor is down: the owner cancels the tasks still queued."""
+    if state != "queued":
+        return state
+    cancel = CancelTask(
+        **_env(), task_id=_task_id(i), reason="second thoughts", requested_by=TENANT
+    )
+    feed.send(topics.COMMANDS, _task_id(i), cancel)
+    return "cancelled"
+
+
+def _verify(run: ProcessorRun, expected: dict[str, str], what: str) -> None:
+    """``run`` shows exactly ``expected`` (task -> state) for the tenant, counts each task
+    once in its summary, and recorded no redelivered event as a stale report."""
+    _wait(
+        f"{what} to show every task in its state",
+        lambda: _states(run.client) == expected or None,
+        seen=lambda: (expected, _states(run.client)),
+    )
+    summary = run.client.summary()
+    assert summary["tasks"] == TASKS
+    counts = {k: v for k, v in summary["per_state"].items() if v}
+    assert counts == dict(Counter(expected.values()))
+    for status in run.client.tasks(tenant=TENANT, limit=1000):
+        assert status.stale_count == 0, status  # redeliveries (same ids) were recognised
+        if status.state.value in ("running", "succeeded", "failed"):
+            assert (status.attempt, status.decision_id) == (1, f"d-{status.task_id}")
+        if int(status.task_id[-2:]) % 4 == 2:  # completed before the first kill
+            assert status.actual_runtime_s == 3.0
+
+
+def _kill_after_commit(run: ProcessorRun, feed: Feeder, servers: str) -> None:
+    """SIGKILL ``run`` once its group committed past every input record this test wrote:
+    after that, only the tables' changelogs can carry the state into the next process."""
+    inputs = {tp: off for tp, off in feed.last_offsets.items() if tp[0] in TASK_TOPICS}
     try:
-        expected = {_task_id(i): _before_kill(feed, i) for i in range(TASKS)}
-        _wait(
-            "the first processor to show every task",
-            lambda: _states(first.client) == expected or None,
-            seen=lambda: (expected, _states(first.client)),
-        )
-        # The changelogs, not a replay of the inputs, must carry the state over: wait
-        # until the group committed past every input record this test wrote.
-        inputs = {tp: off for tp, off in feed.last_offsets.items() if tp[0] in TASK_TOPICS}
         _wait(
             "the processor to commit its input offsets",
             lambda: _committed_past(servers, inputs) or None,
         )
     finally:
-        first.kill()
+        run.kill()
+
+
+def test_processor_killed_and_restarted_knows_every_task_once(kafka_bootstrap: str) -> None:
+    servers = kafka_bootstrap
+    feed = Feeder(servers)
+    expected = {_task_id(i): _before_kill(feed, i) for i in range(TASKS)}
+    first = ProcessorRun(servers)
+    try:
+        _verify(first, expected, "the first processor")
+    finally:
+        _kill_after_commit(first, feed, servers)
 
     expected = {tid: _while_down(feed, int(tid[-2:]), s) for tid, s in expected.items()}
     feed.resend_all()  # every event once more, as after a producer retry or a replay
-
     second = ProcessorRun(servers)
     try:
-        states = _wait(
-            "the restarted processor to show every task in its final state",
-            lambda: ((s := _states(second.client)) == expected and s) or None,
-            seen=lambda: (expected, _states(second.client)),
-        )
-        assert Counter(states.values()) == Counter(expected.values())
-        summary = second.client.summary()
-        assert summary["tasks"] == TASKS
-        assert {k: v for k, v in summary["per_state"].items() if v} == dict(
-            Counter(expected.values())
-        )
-        for status in second.client.tasks(tenant=TENANT, limit=1000):
-            # redelivered events (same ids) were recognised, not folded as stale reports
-            assert status.stale_count == 0, status
-            if status.state.value in ("running", "succeeded", "failed"):
-                assert (status.attempt, status.decision_id) == (1, f"d-{status.task_id}")
-            if int(status.task_id[-2:]) % 4 == 2:  # completed before the kill
-                assert status.actual_runtime_s == 3.0
+        _verify(second, expected, "the restarted processor")
     finally:
-        err = second.stop()
+        _kill_after_commit(second, feed, servers)
+
+    expected = {tid: _cancel_queued(feed, int(tid[-2:]), s) for tid, s in expected.items()}
+    feed.resend_all()
+    third = ProcessorRun(servers)
+    try:
+        _verify(third, expected, "the processor restarted twice")
+    finally:
+        err = third.stop()
     assert "Traceback" not in err, err[-3000:]
