@@ -29,6 +29,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import tempfile
 import threading
 import time
@@ -42,6 +43,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamsched.benchpipeline import process_cpu_s
 from streamsched.broker import EmbeddedBroker, client_config, ensure_topics
 from streamsched.chaos import (
     ExecutorSpec,
@@ -84,8 +86,8 @@ class BurstConfig:
     def validate(self) -> None:
         if self.count < 1:
             raise ValueError(f"--count must be at least 1, got {self.count}")
-        if self.executors < 0:
-            raise ValueError(f"--executors must be >= 0, got {self.executors}")
+        if self.executors < 1:
+            raise ValueError(f"--executors must be at least 1, got {self.executors}")
         if self.slots < 1:
             raise ValueError(f"--slots must be at least 1, got {self.slots}")
         for name in ("timeout_s", "idle_timeout_s"):
@@ -111,10 +113,16 @@ class BurstResult:
     states: dict[str, int] = field(default_factory=dict)
     rejection_reasons: dict[str, int] = field(default_factory=dict)
     unaccounted_sample: list[str] = field(default_factory=list)
+    duplicate_sample: list[str] = field(default_factory=list)
+    #: Tasks that needed more than one attempt, and the first few with why.
+    requeued_tasks: int = 0
+    requeue_reasons: dict[str, int] = field(default_factory=dict)
+    requeue_sample: dict[str, list[tuple[str, int, str, str]]] = field(default_factory=dict)
     drain_s: float = 0.0
     wall_s: float = 0.0
     end_to_end_per_s: float = 0.0
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
     end_rss_mib: dict[str, float] = field(default_factory=dict)
     rss_timeline: list[dict[str, float]] = field(default_factory=list)
     status_view: dict[str, Any] | None = None
@@ -198,7 +206,7 @@ def _producer_main(
     left = producer.flush(120)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    out.put((count - left - errors[0], seconds, errors[0] + left, rss))
+    out.put((count - left - errors[0], seconds, errors[0] + left, rss, time.process_time()))
 
 
 class _Follower:
@@ -211,6 +219,8 @@ class _Follower:
         self.verdicts: dict[str, tuple[str, str]] = {}  # task -> (state, reason)
         self.completion: dict[str, str] = {}  # task -> first completion event id
         self.duplicates: set[str] = set()
+        #: Re-placements (attempt > 1) and lost reports: (type, attempt, node, reason).
+        self.requeues: dict[str, list[tuple[str, int, str, str]]] = {}
         self.last_at = time.monotonic()
         self._stop = threading.Event()
         self._consumer = Consumer(
@@ -266,6 +276,14 @@ class _Follower:
                 if task_id not in self.verdicts:
                     self.last_at = time.monotonic()
                 self.verdicts.setdefault(task_id, ("rejected", str(data.get("reason") or "")))
+            elif (kind == "decision.audit" and data.get("attempt", 1) > 1) or kind in (
+                "task.lost",
+                "task.failed",
+            ):
+                node = str(data.get("chosen_node_id") or data.get("node_id") or "")
+                self.requeues.setdefault(task_id, []).append(
+                    (str(kind), int(data.get("attempt", 0)), node, str(data.get("reason"))[:200])
+                )
             elif kind == "task.completed":
                 event_id = str(data.get("event_id"))
                 first = self.completion.setdefault(task_id, event_id)
@@ -348,7 +366,10 @@ def run_burst(
             if follower is not None:
                 follower.close()
             with_broker = {**cluster.peak_rss, "broker": peak_rss_mib(broker.pid)}
+            result.cpu_s["broker"] = round(process_cpu_s(broker.pid), 2)
         result.peak_rss_mib.update(with_broker)
+        result.cpu_s = {**cluster.cpu_s(), **result.cpu_s}
+        result.cpu_s["bench (follower)"] = round(time.process_time(), 2)
         result.peak_rss_mib["bench (follower)"] = own_peak_rss_mib()
         result.crashes = list(cluster.crashes)
         result.crash_logs = {n: cluster.children[n].log_tail(3000) for n in cluster.crashes}
@@ -382,7 +403,7 @@ def _drive(
     t0 = time.monotonic()
     producer.start()
     producer_peak = 0.0
-    produced: tuple[int, float, int, float] | None = None
+    produced: tuple[int, float, int, float, float] | None = None
     last_timeline = -math.inf
     deadline = t0 + cfg.timeout_s
     pids = {"broker": broker_pid}
@@ -395,6 +416,7 @@ def _drive(
                 result.produced, result.produce_s = produced[0], produced[1]
                 result.produce_per_s = produced[0] / max(produced[1], 1e-9)
                 producer_peak = max(producer_peak, produced[3])
+                result.cpu_s["producer"] = round(produced[4], 2)
                 note(
                     f"produced {produced[0]:,} in {produced[1]:.1f} s "
                     f"({result.produce_per_s:,.0f}/s), {produced[2]} not delivered"
@@ -446,6 +468,13 @@ def _tally(result: BurstResult, follower: _Follower, expected: list[str]) -> Non
     with follower.lock:
         verdicts = dict(follower.verdicts)
         result.duplicate_completions = len(follower.duplicates)
+        result.duplicate_sample = sorted(follower.duplicates)[:20]
+        requeues = dict(follower.requeues)
+    result.requeued_tasks = len(requeues)
+    result.requeue_sample = {t: requeues[t] for t in sorted(requeues)[:5]}
+    result.requeue_reasons = dict(
+        Counter(_shape(r[3]) for events in requeues.values() for r in events).most_common(10)
+    )
     states: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     missing = []
@@ -458,7 +487,7 @@ def _tally(result: BurstResult, follower: _Follower, expected: list[str]) -> Non
         states[state] += 1
         if state == "rejected":
             result.rejected += 1
-            reasons[reason[:120]] += 1
+            reasons[_shape(reason)] += 1
             result.rejected_without_reason += not reason.strip()
     result.terminal = len(expected) - len(missing) - result.rejected
     result.accepted = len(expected) - result.rejected
@@ -466,6 +495,11 @@ def _tally(result: BurstResult, follower: _Follower, expected: list[str]) -> Non
     result.unaccounted_sample = missing[:20]
     result.states = dict(states)
     result.rejection_reasons = dict(reasons.most_common(10))
+
+
+def _shape(reason: str) -> str:
+    """A reason with its numbers and quoted names replaced, to count reasons by kind."""
+    return re.sub(r"'[^']*'", "'...'", re.sub(r"\d+(\.\d+)?", "N", reason))[:160]
 
 
 __all__ = ["BurstConfig", "BurstError", "BurstResult", "run_burst"]

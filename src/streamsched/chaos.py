@@ -85,6 +85,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamsched.benchpipeline import process_cpu_s
 from streamsched.broker import EmbeddedBroker, client_config, ensure_topics, free_port
 from streamsched.fuzz import peak_rss_mib
 from streamsched.schemas import codec
@@ -182,8 +183,8 @@ class _Task:
     placed: dict[int, tuple[str, float]] = field(default_factory=dict)  # attempt -> node, at
     completions: dict[int, set[str]] = field(default_factory=dict)  # attempt -> event ids
     ended_attempts: set[int] = field(default_factory=set)
-    #: (seconds since submission, type, attempt, node) of each record about the task.
-    history: list[tuple[float, str, int, str]] = field(default_factory=list)
+    #: (seconds since submission, type, attempt, node, reason) of each record about it.
+    history: list[tuple[float, str, int, str, str]] = field(default_factory=list)
 
     @property
     def terminal_at(self) -> float | None:
@@ -244,6 +245,7 @@ class Ledger:
                         str(kind),
                         attempt if isinstance(attempt, int) else -1,
                         str(node),
+                        str(data.get("reason") or "")[:200],
                     )
                 )
                 handler(self, task_id, task, data, at)
@@ -448,6 +450,7 @@ class LiveCluster:
         self.web_port = free_port()
         self.app_id = app_id
         self.peak_rss: dict[str, float] = {}
+        self._cpu: dict[tuple[str, int], float] = {}
         self.children: dict[str, Child] = {}
         self.expected_down: set[str] = set()
         self.crashes: list[str] = []
@@ -491,11 +494,23 @@ class LiveCluster:
         child.wait(time.monotonic() + 10.0)
 
     def sample_rss(self) -> None:
+        """Sample the peak RSS and the CPU time of every live child."""
         for name, child in self.children.items():
             if child.alive:
-                rss = peak_rss_mib(child.process.pid)
+                pid = child.process.pid
+                rss = peak_rss_mib(pid)
                 if math.isfinite(rss):
                     self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), rss)
+                cpu = process_cpu_s(pid)
+                if math.isfinite(cpu):
+                    self._cpu[(name, pid)] = cpu
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used per component, every incarnation summed (as last sampled)."""
+        out: dict[str, float] = {}
+        for (name, _pid), seconds in self._cpu.items():
+            out[name] = out.get(name, 0.0) + seconds
+        return {name: round(v, 2) for name, v in out.items()}
 
     def check(self) -> list[str]:
         """Names of children that died without being killed (recorded once each)."""
@@ -722,11 +737,14 @@ class ChaosResult:
     lost_never_placed: int = 0
     lost_after_placement: int = 0
     lost_sample: list[str] = field(default_factory=list)
-    lost_histories: dict[str, list[tuple[float, str, int, str]]] = field(default_factory=dict)
+    lost_histories: dict[str, list[tuple[float, str, int, str, str]]] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     duplicate_sample: list[str] = field(default_factory=list)
-    #: The records of the first few duplicated tasks: (s after submission, type, attempt, node).
-    duplicate_histories: dict[str, list[tuple[float, str, int, str]]] = field(default_factory=dict)
+    #: Every record of the first few duplicated (lost) tasks: (s after the submission,
+    #: type, attempt, node, reason).
+    duplicate_histories: dict[str, list[tuple[float, str, int, str, str]]] = field(
+        default_factory=dict
+    )
     redelivered_events: int = 0
     stale_attempt_events: int = 0
     attempts: dict[str, int] = field(default_factory=dict)
@@ -737,6 +755,7 @@ class ChaosResult:
     crash_logs: dict[str, str] = field(default_factory=dict)
     status_view: dict[str, Any] | None = None
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     run_dir: str = ""
     ended_by: str = ""
@@ -853,6 +872,8 @@ def run_chaos(
             result.exit_codes = cluster.stop()
             follower.close()
         result.peak_rss_mib = {**cluster.peak_rss, "broker": peak_rss_mib(broker.pid)}
+        result.cpu_s = {**cluster.cpu_s(), "broker": round(process_cpu_s(broker.pid), 2)}
+        result.cpu_s["chaos (this process)"] = round(time.process_time(), 2)
         result.peak_rss_mib["chaos (this process)"] = own_peak_rss_mib()
         result.crashes = list(cluster.crashes)
         result.crash_logs = {n: cluster.children[n].log_tail(3000) for n in cluster.crashes}

@@ -346,7 +346,7 @@ def fuzz(
 @app.command("burst")
 def burst(
     count: Annotated[int, typer.Option(min=1, help="Submissions produced at once.")] = 100_000,
-    executors: Annotated[int, typer.Option(min=0, help="CPU executor processes.")] = 4,
+    executors: Annotated[int, typer.Option(min=1, help="CPU executor processes.")] = 4,
     slots: Annotated[int, typer.Option(min=1, help="One-CPU slots per executor.")] = 32,
     timeout_s: Annotated[
         float, typer.Option(min=1.0, help="Longest the run waits for every verdict.")
@@ -391,12 +391,17 @@ def burst(
     r = result
     m = r.machine
     out.print(_burst_table(r.to_dict()))
-    rss = Table(title="memory per process (MiB)", title_justify="left")
-    for header in ("process", "peak RSS", "RSS at the end"):
+    rss = Table(title="memory (MiB) and CPU time per process", title_justify="left")
+    for header in ("process", "peak RSS", "RSS at the end", "CPU s"):
         rss.add_column(header, justify="right" if header != "process" else "left")
     for name, peak in sorted(r.peak_rss_mib.items()):
-        end = r.end_rss_mib.get(name)
-        rss.add_row(name, f"{peak:,.0f}", "-" if end is None else f"{end:,.0f}")
+        end, cpu = r.end_rss_mib.get(name), r.cpu_s.get(name)
+        rss.add_row(
+            name,
+            f"{peak:,.0f}",
+            "-" if end is None else f"{end:,.0f}",
+            "-" if cpu is None else f"{cpu:,.1f}",
+        )
     out.print(rss)
     for line in (
         f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['platform']}, Python {m['python']}",
@@ -444,6 +449,9 @@ def _burst_table(d: dict[str, Any]) -> Table:
     ]
     for reason, n in d["rejection_reasons"].items():
         rows.append((f"rejected: {reason}", f"{n:,}"))
+    rows.append(("tasks needing more than one attempt", f"{d['requeued_tasks']:,}"))
+    for reason, n in d["requeue_reasons"].items():
+        rows.append((f"re-queued: {reason}", f"{n:,}"))
     for row in rows:
         table.add_row(*row)
     return table

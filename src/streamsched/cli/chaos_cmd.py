@@ -103,6 +103,7 @@ def chaos(
     for line in (
         f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['platform']}, Python {m['python']}",
         f"peak RSS (MiB): {rss}",
+        "CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.cpu_s.items())),
         f"ended: {r.ended_by}; logs: {r.run_dir}",
         *(f"lost (first {len(r.lost_sample)}): {' '.join(r.lost_sample)}" for _ in [0] if r.lost),
         *(f"duplicates: {' '.join(r.duplicate_sample)}" for _ in [0] if r.duplicate_completions),
