@@ -72,7 +72,9 @@ from streamsched.agents.placement_journal import (
     JournalWriter,
     Run,
     digest,
+    dump_state,
     journal_topic,
+    load_state,
     read_journal,
     runs_of,
 )
@@ -164,6 +166,9 @@ RECONCILE_GRACE_S = 10.0
 #: included), so about 80 MB per tenant at the bound. Slurm's default job limit
 #: (``MaxJobCount``) is the same number, for the whole cluster.
 MAX_QUEUED_PER_TENANT = 10_000
+#: Seconds of decoding and core work after which the agent snapshots its state to the
+#: journal (a restart then replays only what came after; see :meth:`_maybe_snapshot`).
+SNAPSHOT_AFTER_WORK_S = 10.0
 #: How long a flush may take (after a batch, and on stop).
 FLUSH_TIMEOUT_S = 10.0
 #: Gauges (queue depth, running, consumer lag) are refreshed at most this often.
@@ -391,9 +396,11 @@ class PlacementAgent:
         self.group_id = group_id
         self.start_at_end = start_at_end
         self.source = f"placement:{decision_prefix}"
-        self.core = SchedulerCore(
-            get_policy(policy),
-            forecaster if forecaster is not None else forecaster_for(get_policy(policy)),
+        live_policy = get_policy(policy)
+        #: What a fresh core is made of (kept to start over when a snapshot fails to load).
+        self._core_args = (
+            live_policy,
+            forecaster if forecaster is not None else forecaster_for(live_policy),
             CoreConfig(
                 **{
                     "decision_prefix": decision_prefix,
@@ -405,6 +412,7 @@ class PlacementAgent:
                 }
             ),
         )
+        self.core = SchedulerCore(*self._core_args)
         #: Wire submissions by task id, while the core may still need them (see above).
         self.submissions: dict[str, TaskSubmitted] = {}
         #: Commands (cancel, policy update) by event id until the core answers them: their
@@ -449,6 +457,10 @@ class PlacementAgent:
         self._last_digest = ""
         #: What the last restore did (read by tests and ``streamsched chaos``).
         self.restore = RestoreReport()
+        #: Per input partition, the last offset journaled (restored from snapshots too).
+        self._journaled_through: dict[tuple[str, int], int] = {}
+        self._work_at_snapshot = 0.0
+        self._snapshot_cost_s = 0.0
 
     # ------------------------------------------------------------------ main loop
 
@@ -538,6 +550,18 @@ class PlacementAgent:
                 "placement agent: " + "; ".join(diffs) + ". Restart it as it was configured, "
                 "or start a fresh instance with another --decision-prefix"
             )
+        if journal.snapshot is not None:
+            try:
+                self._load_state(load_state(journal.snapshot.data))
+                report.snapshot_seq = journal.snapshot.seq
+            except Exception:  # another code version's pickle: replay everything instead
+                logger.exception(
+                    "snapshot %d of %s cannot be loaded; replaying the whole journal",
+                    journal.snapshot.seq,
+                    self.journal_topic,
+                )
+                self._reset_state()
+                journal = read_journal(self.config, self.journal_topic, snapshots=False)
         delivered = journal.delivered_through(committed)
         fetcher = InputFetcher(self.config, journal.first_offsets(), timeout_s=30.0)
         self._replaying = True
@@ -571,24 +595,95 @@ class PlacementAgent:
         self._flush()
         report.entries = len(journal.entries)
         report.tasks = len(self.core.tasks)
-        writer.seq = journal.entries[-1].seq if journal.entries else 0
+        writer.seq = max(writer.seq, journal.entries[-1].seq if journal.entries else 0)
+        for entry in journal.entries:
+            self._note_journaled(entry.runs)
         now = self.clock()
         self._forgive_silence(now)
         writer.append(now, (), "", resume=True, sync=True)
         report.replay_s = time.monotonic() - t0
         metrics.PLACEMENT_RESTORE_SECONDS.set(report.replay_s)
+        self._work_at_snapshot = self._work_s()
         logger.warning(
-            "placement %s restored from %s: %d entries replayed (%d re-emitted, %d diverged), "
-            "%d tasks known, in %.2f s",
+            "placement %s restored from %s: snapshot after entry %d, %d entries replayed "
+            "(%d re-emitted, %d diverged), %d tasks known, in %.2f s",
             self.source,
             self.journal_topic,
+            report.snapshot_seq,
             report.entries,
             report.reemitted,
             report.divergences,
             report.tasks,
             report.replay_s,
         )
-        return journal.last_offsets()
+        return dict(self._journaled_through)
+
+    # State that a snapshot carries: the core's (minus its handler table, rebuilt by its
+    # constructor) and the agent's own bookkeeping of the core's tasks and commands.
+    _SNAPSHOT_FIELDS = (
+        "submissions",
+        "_requests",
+        "node_hardware",
+        "known_hardware",
+        "gauges",
+        "_journaled_through",
+    )
+
+    def _state(self) -> dict[str, Any]:
+        core = {k: v for k, v in vars(self.core).items() if k != "_handlers"}
+        return {"core": core, **{name: getattr(self, name) for name in self._SNAPSHOT_FIELDS}}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        for name, value in state["core"].items():
+            setattr(self.core, name, value)
+        for name in self._SNAPSHOT_FIELDS:
+            setattr(self, name, state[name])
+
+    def _reset_state(self) -> None:
+        """Back to a fresh core (a snapshot failed to load half way)."""
+        self.core = SchedulerCore(*self._core_args)
+        self.submissions, self._requests = {}, {}
+        self.node_hardware, self.known_hardware = {}, set()
+        self.gauges, self._journaled_through = StateGauges(), {}
+
+    def _note_journaled(self, runs: tuple[Run, ...]) -> None:
+        through = self._journaled_through
+        for topic, partition, _, last in runs:
+            key = (topic, partition)
+            if last > through.get(key, -1):
+                through[key] = last
+
+    def _work_s(self) -> float:
+        """Seconds the agent spent decoding and in the core: what a replay repeats."""
+        return self.timings.decode_s + self.timings.core_s
+
+    def _maybe_snapshot(self, consumer: Consumer) -> None:
+        """Snapshot the state once the work since the last snapshot (what a restart would
+        replay) exceeds :data:`SNAPSHOT_AFTER_WORK_S` and four times the last snapshot's
+        cost (so snapshots take at most a fifth of the agent's time). Everything produced
+        before is flushed first: a snapshot never covers an undelivered output."""
+        journal = self._journal
+        if journal is None or self._replaying:
+            return
+        since = self._work_s() - self._work_at_snapshot
+        if since < max(SNAPSHOT_AFTER_WORK_S, 4.0 * self._snapshot_cost_s):
+            return
+        t0 = time.monotonic()
+        if self._producer is not None and self._producer.flush(FLUSH_TIMEOUT_S):
+            return  # not all delivered: try again later
+        self._commit_delivered(consumer)
+        data = dump_state(self._state())
+        journal.write_snapshot(journal.seq, data)
+        self._snapshot_cost_s = time.monotonic() - t0
+        self._work_at_snapshot = self._work_s()
+        metrics.PLACEMENT_SNAPSHOT_BYTES.set(len(data))
+        logger.info(
+            "snapshot after journal entry %d: %d bytes in %.2f s (%.1f s of work since the last)",
+            journal.seq,
+            len(data),
+            self._snapshot_cost_s,
+            since,
+        )
 
     def _forgive_silence(self, now: float) -> None:
         """A restart at ``now``: every node's silence counts from now (the agent, not the
@@ -629,6 +724,7 @@ class PlacementAgent:
                 last_cycle = time.monotonic()
             if not self.event_time:
                 self._commit_delivered(consumer)
+                self._maybe_snapshot(consumer)
             if time.monotonic() >= self._next_gauges:
                 self._refresh_gauges(consumer, partitions)
 
@@ -685,6 +781,7 @@ class PlacementAgent:
             journal.append(
                 now, runs, self._last_digest, on_delivery=self._in_flight.track(), sync=bool(out)
             )
+            self._note_journaled(runs)
         self._emit(out, flush=not self._in_flight.open)
 
     def _commit_delivered(self, consumer: Consumer) -> None:
@@ -1102,6 +1199,8 @@ class RestoreReport:
     """What the agent's start restored from its journal (zeros: nothing to restore)."""
 
     entries: int = 0
+    #: The journal entry the loaded snapshot was taken after (0: none, replayed in full).
+    snapshot_seq: int = 0
     #: Entries whose outputs were produced again (not known delivered before the restart).
     reemitted: int = 0
     #: Entries whose replayed decisions differ from the journaled digest.

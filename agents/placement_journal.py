@@ -41,23 +41,36 @@ from before the outage (the agent, not the node, was away), so a restart that to
 longer than the heartbeat timeout does not declare every node lost. A node that died
 during the outage is declared lost one timeout after the restart.
 
-Limits: a restart replays the whole journal (time grows with history: about the time
-the agent spent in the core, since decoding is cheap); the input topics must keep their
-records as long as the journal (the embedded broker never deletes; on Apache Kafka set
-``retention.ms=-1`` on the input topics and the journal, or start a fresh instance,
-i.e. a new decision prefix, after a retention cut). Periodic snapshots of the core
-would bound both; they are not built.
+Snapshots: after every :data:`~streamsched.agents.placement.SNAPSHOT_AFTER_WORK_S`
+seconds of decoding and core work (and four times the last snapshot's cost), the agent
+flushes its outputs and writes its whole state, pickled, in chunks of
+:data:`SNAPSHOT_CHUNK_BYTES`, to the journal. A restart loads the newest complete snapshot
+and replays only the entries after it, so restart time stays bounded by that much work
+plus loading the snapshot (about a second per 10,000 queued tasks). A snapshot that does
+not load (written by another code version) is skipped: the whole journal is replayed.
+
+Limits: reading the journal still scans it from the beginning (the entries before the
+snapshot are skipped, not decoded into state; the embedded broker has no compaction and
+Apache Kafka's would not fit a log of entries); the input records after the snapshot
+must still exist (the embedded broker never deletes; on Apache Kafka give the input
+topics a retention longer than the snapshot interval, and the journal ``retention.ms=-1``).
+A snapshot is a pickle: only the placement agent's principal may write the journal topic
+(see docs/security.md).
 """
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
+import io
 import json
 import logging
+import pickle
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from confluent_kafka import (
@@ -83,6 +96,12 @@ FORMAT_VERSION = 1
 ACK_TIMEOUT_S = 10.0
 #: Input records buffered per partition while the replay waits for another partition.
 MAX_BUFFERED_PER_PARTITION = 20_000
+
+#: Record header that marks a snapshot chunk (its value is binary, not JSON).
+KIND_HEADER = "journal.kind"
+SNAPSHOT_KIND = b"snapshot"
+#: Largest snapshot chunk (brokers refuse records over 1 MB by default).
+SNAPSHOT_CHUNK_BYTES = 512 * 1024
 
 #: The journal producer: every record its own request (``batch.num.messages=1``: the
 #: embedded broker reports a wrong high watermark after a multi-record batch, and the
@@ -157,12 +176,26 @@ class JournalEntry:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The agent's whole state after the entry ``seq`` (a pickle, see
+    :func:`dump_state`), written when every output of the entries up to ``seq`` was
+    delivered."""
+
+    seq: int
+    data: bytes
+
+
 @dataclass(slots=True)
 class Journal:
-    """A journal as read from its topic."""
+    """A journal as read from its topic: the header, the newest complete snapshot (if
+    any), and the entries after it."""
 
     header: JournalHeader | None = None
     entries: list[JournalEntry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    #: Entries in the journal before the snapshot (not kept).
+    skipped: int = 0
 
     def last_offsets(self) -> dict[tuple[str, int], int]:
         """Per input partition, the last offset the journal covers."""
@@ -254,6 +287,52 @@ def decode_record(raw: bytes, where: str) -> JournalHeader | JournalEntry:
         raise JournalError(f"{where}: not a placement journal record: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """One record of a snapshot (snapshots are split: a broker limits record sizes)."""
+
+    seq: int
+    index: int
+    count: int
+    sha256: str
+    data: bytes
+
+
+def _chunk(headers: Mapping[str, bytes], data: bytes, where: str) -> SnapshotChunk:
+    try:
+        return SnapshotChunk(
+            seq=int(headers["snapshot.seq"]),
+            index=int(headers["snapshot.chunk"]),
+            count=int(headers["snapshot.chunks"]),
+            sha256=headers["snapshot.sha256"].decode("ascii"),
+            data=data,
+        )
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise JournalError(f"{where}: a snapshot chunk with bad headers: {exc}") from None
+
+
+def _mapping_proxy(items: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    return MappingProxyType(items)
+
+
+def dump_state(state: Any) -> bytes:
+    """``state`` pickled (read-only mappings included). A snapshot is as trustworthy as
+    whoever may write the journal topic: restrict it to the placement agent's principal
+    (see docs/security.md)."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = {
+        **copyreg.dispatch_table,
+        MappingProxyType: lambda m: (_mapping_proxy, (dict(m),)),
+    }
+    pickler.dump(state)
+    return buffer.getvalue()
+
+
+def load_state(data: bytes) -> Any:
+    return pickle.loads(data)  # the agent's own journal, see dump_state
+
+
 class JournalWriter:
     """Appends to one agent's journal (its own producer, so that waiting for an entry
     never waits for the agent's other outputs)."""
@@ -291,6 +370,22 @@ class JournalWriter:
             self._producer.poll(0)
         return entry
 
+    def write_snapshot(self, seq: int, data: bytes) -> None:
+        """Write a snapshot of the state after entry ``seq``, in chunks, and wait for it."""
+        sha = hashlib.sha256(data).hexdigest().encode("ascii")
+        count = max(1, -(-len(data) // SNAPSHOT_CHUNK_BYTES))
+        for index in range(count):
+            headers: list[tuple[str, str | bytes | None]] = [
+                (KIND_HEADER, SNAPSHOT_KIND),
+                ("snapshot.seq", str(seq).encode()),
+                ("snapshot.chunk", str(index).encode()),
+                ("snapshot.chunks", str(count).encode()),
+                ("snapshot.sha256", sha),
+            ]
+            chunk = data[index * SNAPSHOT_CHUNK_BYTES : (index + 1) * SNAPSHOT_CHUNK_BYTES]
+            self._send(chunk, None, headers)
+        self.sync()
+
     def sync(self) -> None:
         """Wait until every entry is acknowledged; JournalError if one was not."""
         left = self._producer.flush(ACK_TIMEOUT_S)
@@ -305,7 +400,12 @@ class JournalWriter:
     def close(self) -> None:
         self._producer.flush(ACK_TIMEOUT_S)
 
-    def _send(self, value: bytes, on_delivery: Any) -> None:
+    def _send(
+        self,
+        value: bytes,
+        on_delivery: Any,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
         def delivered(error: KafkaError | None, msg: Message) -> None:
             if error is not None:
                 self._error = str(error)
@@ -316,7 +416,9 @@ class JournalWriter:
 
         for _ in range(100):
             try:
-                self._producer.produce(self.topic, value, on_delivery=delivered)
+                self._producer.produce(
+                    self.topic, value, headers=headers or [], on_delivery=delivered
+                )
                 return
             except BufferError:
                 self._producer.poll(0.1)
@@ -335,10 +437,15 @@ def _reading_consumer(config: Mapping[str, Any]) -> Consumer:
     )
 
 
-def read_journal(config: Mapping[str, Any], topic: str, timeout_s: float = 30.0) -> Journal:
-    """The journal on ``topic`` (empty if the topic does not exist or holds nothing).
-    JournalError if a record is not a journal record or an entry precedes the header."""
+def read_journal(
+    config: Mapping[str, Any], topic: str, timeout_s: float = 30.0, *, snapshots: bool = True
+) -> Journal:
+    """The journal on ``topic`` (empty if the topic does not exist or holds nothing):
+    with ``snapshots``, from its newest complete snapshot on (the entries before it are
+    counted, not kept); else every entry. JournalError if a record is not a journal
+    record or an entry precedes the header."""
     journal = Journal()
+    chunks: dict[int, dict[int, bytes]] = {}  # snapshot seq -> chunk index -> bytes
     for offset, record in _records(config, topic, timeout_s, first_only=False):
         if isinstance(record, JournalHeader):
             if journal.header is None:
@@ -346,7 +453,26 @@ def read_journal(config: Mapping[str, Any], topic: str, timeout_s: float = 30.0)
             continue  # a header written again changes nothing
         if journal.header is None:
             raise JournalError(f"{topic}@{offset}: an entry before the header")
-        journal.entries.append(record)
+        if isinstance(record, JournalEntry):
+            journal.entries.append(record)
+            continue
+        if not snapshots:
+            continue
+        parts = chunks.setdefault(record.seq, {})
+        parts[record.index] = record.data
+        if len(parts) < record.count:
+            continue
+        data = b"".join(parts[i] for i in range(record.count))
+        del chunks[record.seq]
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            logger.error(
+                "%s@%d: snapshot %d is corrupt (SHA-256); ignored", topic, offset, record.seq
+            )
+            continue
+        journal.snapshot = Snapshot(record.seq, data)
+        kept = [e for e in journal.entries if e.seq > record.seq]
+        journal.skipped += len(journal.entries) - len(kept)
+        journal.entries = kept
     return journal
 
 
@@ -363,7 +489,7 @@ def read_journal_header(
 
 def _records(
     config: Mapping[str, Any], topic: str, timeout_s: float, *, first_only: bool
-) -> Iterator[tuple[int, JournalHeader | JournalEntry]]:
+) -> Iterator[tuple[int, JournalHeader | JournalEntry | SnapshotChunk]]:
     consumer = _reading_consumer(config)
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
@@ -393,7 +519,12 @@ def _records(
                 raise JournalError(f"reading {topic}: {error}")
             offset = msg.offset() or 0
             next_offset = offset + 1
-            yield offset, decode_record(msg.value() or b"", f"{topic}@{offset}")
+            where = f"{topic}@{offset}"
+            headers = {str(k): v for k, v in list(msg.headers() or []) if isinstance(v, bytes)}
+            if headers.get(KIND_HEADER) == SNAPSHOT_KIND:
+                yield offset, _chunk(headers, msg.value() or b"", where)
+            else:
+                yield offset, decode_record(msg.value() or b"", where)
     finally:
         consumer.close()
 
@@ -478,8 +609,11 @@ __all__ = [
     "JournalError",
     "JournalHeader",
     "JournalWriter",
+    "Snapshot",
     "digest",
+    "dump_state",
     "journal_topic",
+    "load_state",
     "read_journal",
     "read_journal_header",
     "runs_of",

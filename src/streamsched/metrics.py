@@ -232,6 +232,10 @@ PLACEMENT_RESTORE_SECONDS = Gauge(
     "How long the placement agent's last start took to replay its journal (0: nothing "
     "to replay).",
 )
+PLACEMENT_SNAPSHOT_BYTES = Gauge(
+    "streamsched_placement_snapshot_bytes",
+    "Size of the placement agent's last state snapshot in its journal.",
+)
 PLACEMENT_REPLAY_DIVERGENCES = Counter(
     "streamsched_placement_replay_divergences_total",
     "Journal entries whose replayed decisions differed from the journaled ones (a code "

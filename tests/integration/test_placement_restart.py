@@ -159,3 +159,61 @@ def test_a_restart_under_another_policy_is_refused_with_the_difference(
     assert again.returncode != 0
     assert "Traceback" not in again.stderr
     assert "policy: journal 'fifo', this agent 'best-fit'" in again.stderr, again.stderr
+
+
+def test_a_restart_loads_the_newest_snapshot_and_replays_only_what_followed(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamsched.agents import placement as placement_module
+    from streamsched.agents.executor import ExecutorAgent
+    from streamsched.agents.placement import PlacementAgent
+    from streamsched.scheduler.model import NodeSpec
+    from streamsched.testing import running_in_thread
+
+    monkeypatch.setattr(placement_module, "SNAPSHOT_AFTER_WORK_S", 0.0)  # after every batch
+    config = client_config(kafka_bootstrap)
+    label = uuid.uuid4().hex[:10]
+    prefix = f"s{label[:6]}"
+    node = NodeSpec(f"node-{label}", "gpu-v100", 64_000, 512 * 1024, 8, {"test_run": label})
+    beat = ExecutorAgent(config, node, log_dir=tmp_path).heartbeat()
+    producer = Producer(config)
+    producer.produce(topics.NODE_HEARTBEATS, codec.encode(beat), key=node.node_id.encode())
+    task_ids = [f"snap-{label}-{i:02d}" for i in range(10)]
+    for task_id in task_ids:
+        event = wire_submission(task_id, governance={"test_run": label})
+        producer.produce(topics.TASKS_SUBMITTED, codec.encode(event), key=task_id.encode())
+    assert producer.flush(10) == 0
+
+    def view(agent: PlacementAgent) -> dict[str, tuple[str, int, str | None]]:
+        tasks = agent.core.tasks
+        return {
+            t: (str(tasks[t].state), tasks[t].attempt, tasks[t].node_id)
+            for t in task_ids
+            if t in tasks
+        }
+
+    first = PlacementAgent(config, decision_prefix=prefix, tick_s=0.2)
+    with running_in_thread(first.run):
+        deadline = time.monotonic() + 60
+        while (
+            len(view(first)) < len(task_ids) or sum(a == 1 for _, a, _ in view(first).values()) < 8
+        ):  # eight one-GPU tasks fit the node, two wait
+            assert time.monotonic() < deadline, view(first)
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few idle ticks, snapshotted too
+    before = view(first)
+    journal = read_journal(config, journal_topic(prefix))
+    assert journal.snapshot is not None
+    assert journal.skipped > 0  # entries before the snapshot are not replayed
+    second = PlacementAgent(config, decision_prefix=prefix, tick_s=0.2)
+    with running_in_thread(second.run):
+        deadline = time.monotonic() + 60
+        while second.restore.tasks == 0:
+            assert time.monotonic() < deadline, "the second agent did not restore"
+            time.sleep(0.1)
+    assert second.restore.snapshot_seq == journal.snapshot.seq
+    assert second.restore.entries < journal.skipped + len(journal.entries)
+    assert second.restore.divergences == 0
+    assert view(second) == before
+    assert second.submissions.keys() >= {t for t, (state, _, _) in before.items()
+                                          if state != "succeeded"}  # fmt: skip
