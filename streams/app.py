@@ -589,7 +589,7 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
                 continue
             raw = event.value or b""
             try:
-                decoded = proc.decode(msg.topic, raw)
+                decoded = proc.decode(msg.topic, raw, event.headers)
                 if not isinstance(decoded, DataIngested):
                     raise InvalidEvent(
                         decoded.type, "type", f"expected 'data.ingested' on {msg.topic}"

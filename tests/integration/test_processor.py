@@ -22,12 +22,18 @@ import pytest
 from confluent_kafka import Message, Producer
 
 from streamsched.broker import client_config, free_port
-from streamsched.client import AccessDenied, Client, ClientError, TaskNotFoundError
+from streamsched.client import (
+    AccessDenied,
+    Client,
+    ClientError,
+    TaskNotFoundError,
+    submission_event,
+)
 from streamsched.schemas import codec, topics
 from streamsched.schemas.decisions import DecisionAudit
 from streamsched.schemas.lifecycle import TaskCompleted, TaskFailed, TaskStarted
 from streamsched.schemas.tasks import TaskSubmitted
-from streamsched.schemas.tenancy import AccessRefused
+from streamsched.schemas.tenancy import TENANT_HEADER, AccessRefused
 from streamsched.testing import TopicReader
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -316,3 +322,24 @@ def test_a_tenant_sees_only_its_tasks_and_a_refusal_is_audited(
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     assert [t["task_id"] for t in json.loads(listed.stdout)["tasks"]] == [own]
+
+
+def test_a_record_whose_tenant_header_contradicts_its_body_is_not_folded(
+    processor: tuple[str, str],
+) -> None:
+    servers, url = processor
+    forged, honest = f"forged-{UID}", f"honest-{UID}"
+    producer = Producer(client_config(servers))
+    for task_id, header in ((forged, b"vision"), (honest, b"ads")):
+        event = submission_event(task_id=task_id, tenant="ads", task_type="train",
+                                 governance={"pool": f"nowhere-{UID}"})  # fmt: skip
+        producer.produce(
+            topics.TASKS_SUBMITTED, codec.encode(event), key=task_id.encode(), partition=0,
+            headers=[("type", b"task.submitted"), (TENANT_HEADER, header)],
+        )  # fmt: skip
+        assert producer.flush(10) == 0  # one partition, forged first: read in this order
+    with Client(servers, url) as client:
+        assert _wait("the honest submission", lambda: client.query(honest)).tenant == "ads"
+        with pytest.raises(TaskNotFoundError):  # read before the honest one, and skipped
+            client.query(forged)
+        assert client.summary()["skipped_records"].get(topics.TASKS_SUBMITTED, 0) >= 1
