@@ -209,7 +209,7 @@ def test_client_and_processor_work_over_tls_with_the_pass_through_settings(
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(
             [str(CLI), "processor", "--web-port", str(web), "--app-id", f"tls-{UID}",
-             "--no-restore", "--loglevel", "warning"],
+             "--loglevel", "warning"],  # restores its models over TLS, too
             env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
         )  # fmt: skip
         try:
