@@ -448,10 +448,14 @@ def _burst_table(d: dict[str, Any]) -> Table:
         ("wall", f"{d['wall_s']:.1f} s"),
     ]
     for reason, n in d["rejection_reasons"].items():
-        rows.append((f"rejected: {reason}", f"{n:,}"))
-    rows.append(("tasks needing more than one attempt", f"{d['requeued_tasks']:,}"))
+        rows.append((f"rejected: {_clip(reason)}", f"{n:,}"))
+    rows.append(("tasks placed more than once", f"{d['requeued_tasks']:,}"))
     for reason, n in d["requeue_reasons"].items():
-        rows.append((f"re-queued: {reason}", f"{n:,}"))
+        rows.append((f"re-placed: {_clip(reason)}", f"{n:,}"))
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _clip(text: str, limit: int = 72) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
