@@ -6,8 +6,9 @@ embedded broker (Tansu 0.6.0) allows - measured facts in docs/security.md:
   Python's ``ssl`` with a self-signed certificate made by ``openssl`` for the test, and
   Tansu advertises the TLS address: every client speaks TLS end to end to that address,
   as it would to a TLS listener of Apache Kafka. The streamsched Client and the real
-  processor (faust/aiokafka) produce and consume over it; clients without TLS, or
-  without the CA, are refused.
+  processor (faust/aiokafka) produce and consume over it, with server TLS and with
+  mutual TLS (client certificates); clients without TLS, without the CA, or (mutual TLS)
+  without a certificate are refused.
 - Tansu's ``--authentication`` refuses clients that do not authenticate, offers only
   SCRAM (PLAIN is refused), and checks SCRAM credentials; but users cannot be created on
   an authenticating in-memory broker (``tansu user create`` needs an unauthenticated
@@ -102,13 +103,19 @@ def tansu(*extra: str, advertised_port: int | None = None) -> Iterator[tuple[int
 class TlsTerminator:
     """TLS on ``port`` of 127.0.0.1 (certificate ``cert``, key ``key``), each connection
     piped to the plaintext ``upstream`` port: what a TLS listener does, in front of a
-    broker that has none."""
+    broker that has none. With ``client_ca``, clients must present a certificate it
+    signed (mutual TLS)."""
 
-    def __init__(self, port: int, upstream: int, cert: Path, key: Path) -> None:
+    def __init__(
+        self, port: int, upstream: int, cert: Path, key: Path, client_ca: Path | None = None
+    ) -> None:
         self.port = port
         self.upstream = upstream
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(str(cert), str(key))
+        if client_ca is not None:
+            self._context.verify_mode = ssl.CERT_REQUIRED
+            self._context.load_verify_locations(str(client_ca))
         self._loop = asyncio.new_event_loop()
         self._server = self._loop.run_until_complete(
             asyncio.start_server(self._handle, LOOPBACK, self.port, ssl=self._context)
@@ -141,16 +148,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (made with openssl)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make the test certificate")
-    where = tmp_path_factory.mktemp("certs")
-    cert, key = where / "cert.pem", where / "key.pem"
+def _self_signed(where: Path, name: str, subject: str) -> tuple[Path, Path]:
+    cert, key = where / f"{name}.pem", where / f"{name}-key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={LOOPBACK}",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={subject}",
          "-addext", f"subjectAltName=IP:{LOOPBACK}"],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
@@ -158,14 +160,36 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def tls_bootstrap(certs: tuple[Path, Path]) -> Iterator[str]:
-    """Bootstrap servers of a broker reachable only over TLS (see the module docstring)."""
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed server certificate for 127.0.0.1 and its key (made with openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    return _self_signed(tmp_path_factory.mktemp("certs"), "server", LOOPBACK)
+
+
+@pytest.fixture(scope="module")
+def client_cert(tmp_path_factory: pytest.TempPathFactory, certs: Any) -> tuple[Path, Path]:
+    """A self-signed client certificate and its key (the server trusts it as its CA)."""
+    return _self_signed(tmp_path_factory.mktemp("client"), "client", f"tenant-{UID}")
+
+
+@pytest.fixture(scope="module", params=["tls", "mutual-tls"])
+def tls_bootstrap(
+    request: pytest.FixtureRequest, certs: tuple[Path, Path], client_cert: tuple[Path, Path]
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """A broker reachable only over TLS (see the module docstring), with or without client
+    certificates: its bootstrap servers and the librdkafka settings a client needs."""
     cert, key = certs
+    mutual = request.param == "mutual-tls"
+    settings = {"security.protocol": "SSL", "ssl.ca.location": str(cert)}
+    if mutual:
+        settings["ssl.certificate.location"] = str(client_cert[0])
+        settings["ssl.key.location"] = str(client_cert[1])
     front = free_port()
     with tansu(advertised_port=front) as (port, _log):
-        terminator = TlsTerminator(front, port, cert, key)
+        terminator = TlsTerminator(front, port, cert, key, client_cert[0] if mutual else None)
         try:
-            yield f"{LOOPBACK}:{front}"
+            yield f"{LOOPBACK}:{front}", settings
         finally:
             terminator.close()
 
@@ -194,14 +218,11 @@ def _errors_of(config: dict[str, Any]) -> list[KafkaError]:
 
 
 def test_client_and_processor_work_over_tls_with_the_pass_through_settings(
-    tls_bootstrap: str, certs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    tls_bootstrap: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert, _key = certs
+    servers, settings = tls_bootstrap
     tenant = f"tls-{UID}"
-    env = {
-        **_kafka_env(tls_bootstrap, **{"security.protocol": "SSL", "ssl.ca.location": str(cert)}),
-        "STREAMSCHED_TENANT": tenant,
-    }
+    env = {**_kafka_env(servers, **settings), "STREAMSCHED_TENANT": tenant}
     for name, value in env.items():
         if name.startswith(("STREAMSCHED_", "KAFKA_")):
             monkeypatch.setenv(name, value)
@@ -218,7 +239,7 @@ def test_client_and_processor_work_over_tls_with_the_pass_through_settings(
                 task_id = client.submit(task_type="train", governance={"pool": f"none-{UID}"})
                 status = _wait("the processor to see the task", lambda: client.query(task_id))
                 assert (status.state.value, status.tenant) == ("queued", tenant)
-            headers = _read_headers(kafka_settings(env), tls_bootstrap, task_id)
+            headers = _read_headers(kafka_settings(env), servers, task_id)
             assert headers[TENANT_HEADER] == tenant.encode()
         finally:
             proc.terminate()
@@ -246,13 +267,19 @@ def _read_headers(settings: Any, servers: str, task_id: str) -> dict[str, bytes]
     raise AssertionError(f"{task_id} not found on {topics.TASKS_SUBMITTED}")
 
 
-def test_clients_without_tls_or_without_the_ca_are_refused(tls_bootstrap: str) -> None:
-    plain = AdminClient({"bootstrap.servers": tls_bootstrap, "log_level": 0})
+def test_clients_without_tls_or_without_the_ca_or_certificate_are_refused(
+    tls_bootstrap: tuple[str, dict[str, str]],
+) -> None:
+    servers, settings = tls_bootstrap
+    plain = AdminClient({"bootstrap.servers": servers, "log_level": 0})
     with pytest.raises(KafkaException):
         plain.list_topics(timeout=3)
-    untrusted = {"bootstrap.servers": tls_bootstrap, "security.protocol": "SSL"}
+    untrusted = {"bootstrap.servers": servers, "security.protocol": "SSL"}
     errors = _errors_of(untrusted)  # the system CAs do not vouch for the test certificate
     assert any("certificate verify failed" in e.str() for e in errors), errors
+    if "ssl.certificate.location" in settings:  # mutual TLS: no client certificate, no entry
+        anonymous = {**untrusted, "ssl.ca.location": settings["ssl.ca.location"]}
+        _errors_of(anonymous)  # asserts nothing was delivered
 
 
 def test_an_authenticating_tansu_refuses_who_does_not_log_in(tmp_path: Path) -> None:
