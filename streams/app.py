@@ -61,19 +61,12 @@ from ..schemas.deadletter import bounded_value
 from ..schemas.errors import PAYLOAD_FIELD, InvalidEvent
 from ..schemas.hardware import hardware_named_in
 from ..schemas.nodes import NodeHeartbeat
-from ..schemas.tenancy import (
-    HTTP_TENANT_HEADER,
-    AccessRefused,
-    access_refusal,
-    body_tenant_of,
-    check_tenant,
-    resolve_tenant,
-    tenant_headers,
-)
+from ..schemas.tenancy import AccessRefused, body_tenant_of, resolve_tenant, tenant_headers
 from . import models as md
 from . import state as st
 from . import triggers as tr
 from .kafka_config import faust_broker_settings
+from .views import StatusView, add_views
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +84,6 @@ CONSUMER_MAX_FETCH_BYTES: Final = 8 * 1024 * 1024
 LAG_INTERVAL_S: Final = 5.0
 #: How often the model timer publishes drift events and checks for a timed checkpoint.
 MODELS_INTERVAL_S: Final = 1.0
-#: Largest ``limit`` of ``GET /tasks``.
-MAX_LIMIT: Final = 1000
 #: "Now" used to decode inputs: the status view records what happened, so a replayed
 #: submission whose deadline has passed since must still decode.
 _DECODE_NOW: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -134,19 +125,6 @@ class ProcessorConfig:
 
 def _now_dt() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A status-view answer: HTTP status, JSON body, and the refusal to audit (if any)."""
-
-    status: int
-    body: Any
-    refusal: AccessRefused | None = None
-
-
-def _error(status: int, message: str, refusal: AccessRefused | None = None) -> Answer:
-    return Answer(status, {"error": message}, refusal)
 
 
 class Processor:
@@ -352,92 +330,6 @@ class Processor:
         if tenant is not None:
             out["tenant"] = tenant
         return out
-
-    # ------------------------------------------------------------------ the status view
-
-    def requester(self, headers: Mapping[str, str], require: bool) -> str | Answer:
-        """The tenant a request speaks for ("" in operator mode), or the error answer
-        (400 malformed header, 401 none while ``require``)."""
-        raw = headers.get(HTTP_TENANT_HEADER)
-        if raw is None or not raw.strip():
-            if require:
-                return _error(
-                    401,
-                    f"this status view requires the {HTTP_TENANT_HEADER} header naming your tenant",
-                )
-            return ""
-        try:
-            return check_tenant(raw.strip(), f"header {HTTP_TENANT_HEADER}")
-        except ValueError as exc:
-            return _error(400, str(exc))
-
-    def _refuse(
-        self, requester: str, action: Any, owner: str, reason: str, task_id: str | None
-    ) -> Answer:
-        record = AccessRefused(
-            occurred_at=_now_dt(),
-            source="processor/status-view",
-            requested_by=requester,
-            action=action,
-            task_id=task_id,
-            tenant=owner,
-            reason=reason,
-        )
-        logger.warning(
-            "refused %s of %s by tenant %s: %s", action, task_id or owner, requester, reason
-        )
-        return _error(403, reason, record)
-
-    def answer_task(self, requester: str, task_id: str) -> Answer:
-        """``GET /tasks/{task_id}`` for ``requester`` ("" = operator)."""
-        status = self.task(task_id)
-        if status is None or (requester and status.tenant is None):
-            return _error(404, f"task {task_id!r} is not known to the processor")
-        reason = access_refusal(requester or None, status.tenant)
-        if reason is not None:
-            assert status.tenant is not None
-            return self._refuse(
-                requester, "query", status.tenant, f"task {task_id!r}: {reason}", task_id
-            )
-        return Answer(200, status.to_json())
-
-    def answer_tasks(self, requester: str, query: Mapping[str, str]) -> Answer:
-        """``GET /tasks?state=&tenant=&limit=`` for ``requester`` ("" = operator)."""
-        state = query.get("state") or None
-        if state is not None and state not in {s.value for s in st.TaskState}:
-            known = ", ".join(s.value for s in st.TaskState)
-            return _error(400, f"state={state!r}: expected one of {known}")
-        raw_limit = query.get("limit") or "50"
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-            return _error(400, f"limit={raw_limit!r}: expected 1..{MAX_LIMIT}")
-        tenant = query.get("tenant") or None
-        if requester and tenant is not None and tenant != requester:
-            reason = f"tenant {requester!r} may not list the tasks of tenant {tenant!r}"
-            return self._refuse(requester, "list", tenant, reason, None)
-        chosen = st.select(
-            self.all_tasks(requester or None),
-            st.TaskState(state) if state else None,
-            tenant,
-            int(raw_limit),
-        )
-        return Answer(200, {"tasks": [t.to_json() for t in chosen]})
-
-    def answer_predict(self, requester: str, query: Mapping[str, str]) -> Answer:
-        """``GET /models/predict?task_id=&hardware=`` for ``requester``."""
-        task_id = query.get("task_id") or ""
-        hardware = query.get("hardware") or ""
-        if not task_id or not hardware:
-            return _error(400, "expected query parameters task_id and hardware")
-        status = self.task(task_id)
-        owner = None if status is None else status.tenant
-        reason = access_refusal(requester or None, owner)
-        if reason is not None:
-            assert owner is not None
-            return self._refuse(requester, "predict", owner, f"task {task_id!r}: {reason}", task_id)
-        answer = None if requester and owner is None else self.predict(task_id, hardware)
-        if answer is None:
-            return _error(404, f"task {task_id!r}: not known, or its submission not seen")
-        return Answer(200, answer)
 
 
 def topic_partitions(config: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, int]:
@@ -652,7 +544,7 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
             headers=[("type", record.type.encode()), *tenant_headers(record.requested_by)],
         )
 
-    _add_views(app, proc, View, audit, cfg.require_tenant)
+    add_views(app, StatusView(proc, cfg.require_tenant), View, audit)
     return app, proc
 
 
@@ -781,71 +673,6 @@ async def _wait_for_port(host: str, port: int) -> None:
             continue
         writer.close()
         return
-
-
-def _add_views(
-    app: Any,
-    proc: Processor,
-    view: Any,
-    audit: Callable[[AccessRefused], Any],
-    require_tenant: bool,
-) -> None:
-    def error(self: Any, status: int, message: str) -> Any:
-        return self.json({"error": message}, status=status)
-
-    async def respond(self: Any, request: Any, answer: Callable[[str], Answer]) -> Any:
-        who = proc.requester(request.headers, require_tenant)
-        result = who if isinstance(who, Answer) else answer(who)
-        if result.refusal is not None:
-            try:
-                await audit(result.refusal)
-            except Exception as exc:  # the refusal stands even if its audit failed
-                logger.error("access refusal not audited: %s", exc)
-        return self.json(result.body, status=result.status)
-
-    @app.page("/tasks/{task_id}")
-    class TaskView(view):  # type: ignore[misc]
-        async def get(self, request: Any, task_id: str) -> Any:
-            return await respond(self, request, lambda who: proc.answer_task(who, task_id))
-
-    @app.page("/tasks")
-    class TasksView(view):  # type: ignore[misc]
-        async def get(self, request: Any) -> Any:
-            return await respond(self, request, lambda who: proc.answer_tasks(who, request.query))
-
-    @app.page("/summary")
-    class SummaryView(view):  # type: ignore[misc]
-        async def get(self, request: Any) -> Any:
-            return await respond(self, request, lambda who: Answer(200, proc.summary(who or None)))
-
-    @app.page("/models")
-    class ModelsView(view):  # type: ignore[misc]
-        async def get(self, request: Any) -> Any:
-            raw = request.query.get("ring") or ""
-            if raw and not raw.isdigit():
-                return error(self, 400, f"ring={raw!r}: expected a number of entries >= 0")
-            return self.json(proc.hub.view(int(raw) if raw else None))
-
-    @app.page("/models/predict")
-    class PredictView(view):  # type: ignore[misc]
-        async def get(self, request: Any) -> Any:
-            return await respond(self, request, lambda who: proc.answer_predict(who, request.query))
-
-    @app.page("/nodes")
-    class NodesView(view):  # type: ignore[misc]
-        async def get(self, request: Any) -> Any:
-            return self.json({"nodes": list(proc.nodes.values())})
-
-    @app.page("/datasets")
-    class DatasetsView(view):  # type: ignore[misc]
-        async def get(self, request: Any) -> Any:
-            return self.json({"datasets": list(proc.datasets.values())})
-
-    @app.page("/triggers")
-    class TriggersView(view):  # type: ignore[misc]
-        async def get(self, request: Any) -> Any:
-            states = {r.name: proc._trigger_state(r).to_json() for r in proc.rules}
-            return self.json({"triggers": states})
 
 
 def run(cfg: ProcessorConfig, loglevel: str = "info") -> None:

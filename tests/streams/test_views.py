@@ -13,7 +13,8 @@ from streamsched.schemas.commands import CancelTask
 from streamsched.schemas.errors import InvalidEvent
 from streamsched.schemas.lifecycle import TaskStarted
 from streamsched.schemas.tenancy import HTTP_TENANT_HEADER, TENANT_HEADER, AccessRefused
-from streamsched.streams.app import Answer, Processor
+from streamsched.streams.app import Processor
+from streamsched.streams.views import Answer, StatusView
 from streamsched.testing import wire_submission
 
 
@@ -31,26 +32,33 @@ def proc() -> Processor:
     return p
 
 
-def test_operator_mode_sees_every_task(proc: Processor) -> None:
-    assert proc.answer_task("", "v1").status == 200
-    listed = proc.answer_tasks("", {})
+@pytest.fixture
+def view(proc: Processor) -> StatusView:
+    return StatusView(proc)
+
+
+def test_operator_mode_sees_every_task(proc: Processor, view: StatusView) -> None:
+    assert view.answer_task("", "v1").status == 200
+    listed = view.answer_tasks("", {})
     assert sorted(t["task_id"] for t in listed.body["tasks"]) == ["a1", "a2", "v1"]
     assert proc.summary()["tasks"] == 3
 
 
-def test_a_tenant_sees_its_own_tasks_only(proc: Processor) -> None:
-    own = proc.answer_task("ads", "a1")
+def test_a_tenant_sees_its_own_tasks_only(proc: Processor, view: StatusView) -> None:
+    own = view.answer_task("ads", "a1")
     assert (own.status, own.body["task_id"], own.refusal) == (200, "a1", None)
-    listed = proc.answer_tasks("ads", {"limit": "10"})
+    listed = view.answer_tasks("ads", {"limit": "10"})
     assert sorted(t["task_id"] for t in listed.body["tasks"]) == ["a1", "a2"]
-    same = proc.answer_tasks("ads", {"tenant": "ads"})
+    same = view.answer_tasks("ads", {"tenant": "ads"})
     assert len(same.body["tasks"]) == 2
     summary = proc.summary("ads")
     assert (summary["tasks"], summary["per_state"]["queued"], summary["tenant"]) == (2, 2, "ads")
 
 
-def test_another_tenants_task_is_refused_with_an_audit_record(proc: Processor) -> None:
-    answer = proc.answer_task("vision", "a1")
+def test_another_tenants_task_is_refused_with_an_audit_record(
+    proc: Processor, view: StatusView
+) -> None:
+    answer = view.answer_task("vision", "a1")
     assert answer.status == 403
     assert "'vision' may not see a task of another tenant" in answer.body["error"]
     record = answer.refusal
@@ -62,8 +70,10 @@ def test_another_tenants_task_is_refused_with_an_audit_record(proc: Processor) -
     assert codec.decode_as(AccessRefused, codec.encode(record)) == record
 
 
-def test_listing_another_tenants_tasks_is_refused_and_audited(proc: Processor) -> None:
-    answer = proc.answer_tasks("vision", {"tenant": "ads"})
+def test_listing_another_tenants_tasks_is_refused_and_audited(
+    proc: Processor, view: StatusView
+) -> None:
+    answer = view.answer_tasks("vision", {"tenant": "ads"})
     assert answer.status == 403
     assert answer.refusal is not None
     assert (answer.refusal.action, answer.refusal.tenant, answer.refusal.task_id) == (
@@ -71,21 +81,25 @@ def test_listing_another_tenants_tasks_is_refused_and_audited(proc: Processor) -
     )  # fmt: skip
 
 
-def test_a_prediction_for_another_tenants_task_is_refused(proc: Processor) -> None:
-    answer = proc.answer_predict("vision", {"task_id": "a1", "hardware": "gpu-v100"})
+def test_a_prediction_for_another_tenants_task_is_refused(
+    proc: Processor, view: StatusView
+) -> None:
+    answer = view.answer_predict("vision", {"task_id": "a1", "hardware": "gpu-v100"})
     assert answer.status == 403
     assert answer.refusal is not None
     assert answer.refusal.action == "predict"
-    assert proc.answer_predict("ads", {"task_id": "a1", "hardware": "gpu-v100"}).status == 200
+    assert view.answer_predict("ads", {"task_id": "a1", "hardware": "gpu-v100"}).status == 200
 
 
-def test_unknown_and_ownerless_tasks_are_not_found_for_a_tenant(proc: Processor) -> None:
-    assert proc.answer_task("ads", "nope").status == 404
+def test_unknown_and_ownerless_tasks_are_not_found_for_a_tenant(
+    proc: Processor, view: StatusView
+) -> None:
+    assert view.answer_task("ads", "nope").status == 404
     # only an executor's report seen: the owner is unknown, so no tenant may read it yet
     proc.on_task_event(TaskStarted(**_env(), task_id="o1", attempt=1, node_id="n1"))
-    assert proc.answer_task("ads", "o1").status == 404
-    assert proc.answer_task("ads", "o1").refusal is None
-    assert proc.answer_task("", "o1").status == 200  # the operator sees it
+    assert view.answer_task("ads", "o1").status == 404
+    assert view.answer_task("ads", "o1").refusal is None
+    assert view.answer_task("", "o1").status == 200  # the operator sees it
 
 
 @pytest.mark.parametrize(
@@ -100,17 +114,17 @@ def test_unknown_and_ownerless_tasks_are_not_found_for_a_tenant(proc: Processor)
 def test_the_requester_comes_from_the_header(
     proc: Processor, headers: dict[str, str], require: bool, expected: str
 ) -> None:
-    assert proc.requester(headers, require) == expected
+    assert StatusView(proc, require).requester(headers) == expected
 
 
 def test_a_missing_or_malformed_tenant_header_is_answered_with_the_reason(
     proc: Processor,
 ) -> None:
-    missing = proc.requester({}, True)
+    missing = StatusView(proc, True).requester({})
     assert isinstance(missing, Answer)
     assert missing.status == 401
     assert HTTP_TENANT_HEADER in missing.body["error"]
-    bad = proc.requester({HTTP_TENANT_HEADER: "two words"}, False)
+    bad = StatusView(proc, False).requester({HTTP_TENANT_HEADER: "two words"})
     assert isinstance(bad, Answer)
     assert bad.status == 400
     assert "not a valid tenant" in bad.body["error"]
@@ -130,9 +144,9 @@ def test_a_record_whose_tenant_header_contradicts_its_body_is_refused(proc: Proc
 
 
 def test_the_views_own_audit_records_are_recognised_on_the_decisions_topic(
-    proc: Processor,
+    proc: Processor, view: StatusView
 ) -> None:
-    record = proc.answer_task("vision", "a1").refusal
+    record = view.answer_task("vision", "a1").refusal
     assert record is not None
     decoded = proc.decode(topics.DECISIONS, codec.encode(record))
     assert decoded == record
