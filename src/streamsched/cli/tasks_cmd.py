@@ -137,7 +137,7 @@ def submit(
     servers, settings = require_bootstrap("submit command")
     config = client_config(servers, settings)
     watcher = _DecisionWatcher(config) if wait else None
-    with _client(servers) as client:
+    with _client(servers) as client, cli_errors():  # e.g. a tenant not the SASL user's
         client.submit(event)
     typer.echo(f"submitted {event.task_id}")
     if watcher is not None:
