@@ -90,6 +90,7 @@ from streamsched.scheduler.core import CoreConfig, SchedulerCore
 from streamsched.scheduler.forecasting import RuntimeForecaster
 from streamsched.scheduler.instructions import (
     Assign,
+    CancelRefused,
     DeadlineInfeasible,
     Instruction,
     Learned,
@@ -101,6 +102,7 @@ from streamsched.scheduler.instructions import (
     StaleEvent,
     TaskTransition,
 )
+from streamsched.scheduler.instructions import BreakerChanged as CoreBreakerChanged
 from streamsched.scheduler.instructions import StopAttempt as CoreStopAttempt
 from streamsched.scheduler.model import TaskState
 from streamsched.scheduler.policies import get_policy
@@ -111,6 +113,7 @@ from streamsched.schemas.commands import CancelTask, PolicyUpdate, StopAttempt
 from streamsched.schemas.deadletter import bounded_value
 from streamsched.schemas.decisions import (
     Assignment,
+    BreakerChanged,
     CancelOutcome,
     DecisionAudit,
     PolicyChanged,
@@ -171,6 +174,8 @@ MAX_QUEUED_PER_TENANT = 10_000
 SNAPSHOT_AFTER_WORK_S = 10.0
 #: How long a flush may take (after a batch, and on stop).
 FLUSH_TIMEOUT_S = 10.0
+#: ``streamsched_breaker_state`` values.
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 #: Gauges (queue depth, running, consumer lag) are refreshed at most this often.
 GAUGE_INTERVAL_S = 1.0
 #: Value of the ``component`` label of the agent's metrics.
@@ -938,6 +943,10 @@ class PlacementAgent:
         for hardware, depth in gauges.queue_depth(classes).items():
             metrics.QUEUE_DEPTH.labels(hardware).set(depth)
         metrics.QUEUED_TASKS.set(gauges.queued)
+        metrics.RETRY_BACKOFF_TASKS.set(len(self.core.retry_wait))
+        breakers = self.core.breakers
+        for hardware, state in (breakers.states() if breakers is not None else {}).items():
+            metrics.BREAKER_STATE.labels(hardware).set(BREAKER_STATE_VALUES.get(state, -1))
         for hardware in classes | set(gauges.running_count):
             metrics.RUNNING_TASKS.labels(hardware).set(gauges.running_count.get(hardware, 0))
         self._refresh_risk_and_load_gauges(classes)
@@ -1002,6 +1011,10 @@ class PlacementAgent:
             self._publish(ins, occurred_at, first_assigned)
             if isinstance(ins, Reject):
                 settled.add(ins.task_id)
+            elif isinstance(ins, CancelRefused):
+                self._requests.pop(ins.stimulus_id, None)  # answered
+            elif isinstance(ins, CoreBreakerChanged):
+                _log_breaker(ins)
         t1 = time.perf_counter()
         if flush:
             self._flush()
@@ -1051,6 +1064,8 @@ class PlacementAgent:
                 self._to_node(record, record.node_id, node_hw)
             elif isinstance(record, PolicyChanged):
                 self._event(DECISIONS, "policy", record)
+            elif isinstance(record, BreakerChanged):
+                self._event(DECISIONS, "breaker", record)
             elif isinstance(record, DecisionAudit | TaskRejected | TaskEnded | CancelOutcome):
                 self._event(DECISIONS, record.task_id, record)
         self._count_decision(ins, first_assigned)
@@ -1117,6 +1132,10 @@ class PlacementAgent:
         elif isinstance(ins, Preempt | CoreStopAttempt):
             kind = "preempt" if isinstance(ins, Preempt) else "stop"
             metrics.DECISIONS.labels(kind, self.node_hardware.get(ins.node_id, "")).inc()
+        elif isinstance(ins, CancelRefused):
+            metrics.DECISIONS.labels("cancel_refused", "").inc()
+        elif isinstance(ins, CoreBreakerChanged):
+            metrics.DECISIONS.labels(f"breaker_{ins.state}", ins.hardware).inc()
         elif isinstance(ins, ShadowAssign):  # audit only: never an assignment
             metrics.SHADOW_DECISIONS.labels(ins.decision.policy).inc()
             metrics.SHADOW_AGREEMENT.labels(ins.agreement).inc()
@@ -1152,7 +1171,12 @@ class PlacementAgent:
         self,
         topic: str,
         key: str | None,
-        event: DecisionAudit | TaskRejected | TaskEnded | PolicyChanged | CancelOutcome,
+        event: DecisionAudit
+        | TaskRejected
+        | TaskEnded
+        | PolicyChanged
+        | CancelOutcome
+        | BreakerChanged,
     ) -> None:
         raw_key = key.encode("utf-8") if key is not None else None
         self._produce(topic, raw_key, codec.encode(event), [("type", event.type)])
@@ -1401,6 +1425,12 @@ def _log_policy_change(ins: PolicyUpdated | PolicyRejected) -> None:
             ins.stimulus_id,
         )
         metrics.DECISIONS.labels("policy_update", "").inc()
+
+
+def _log_breaker(ins: CoreBreakerChanged) -> None:
+    log = logger.warning if ins.state == "open" else logger.info
+    log("circuit breaker of %s: %s -> %s (%s)", ins.hardware, ins.previous_state, ins.state,
+        ins.reason)  # fmt: skip
 
 
 def _log_delivery(error: KafkaError | None, msg: Message) -> None:

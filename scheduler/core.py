@@ -109,11 +109,12 @@ class CoreConfig:
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 300.0
     retry_jitter: float = 0.2
-    #: A task whose failed or lost attempts (``task.failed`` retryable, ``task.lost``,
-    #: missing from heartbeats; not whole-node losses) happened on this many different
-    #: nodes fails with reason ``failed on N different nodes (a, b, c); last: ...``
-    #: instead of trying the next one. A retry also avoids the nodes it failed on when
-    #: another node fits. None: no bound (the simulator).
+    #: A task whose failed attempts (retryable ``task.failed``) happened on this many
+    #: different nodes fails with reason ``failed on N different nodes (a, b, c); last:
+    #: ...`` instead of trying the next one. Lost attempts do not count: a loss is the
+    #: infrastructure's fault (``max_lost_attempts`` bounds those). A retry avoids the
+    #: nodes it failed or was lost on when another node fits. None: no bound (the
+    #: simulator).
     max_distinct_failed_nodes: int | None = 3
     # --- admission
     #: A submission whose tenant already has this many tasks waiting (``submitted`` or
@@ -226,9 +227,13 @@ class TaskRecord:
     last_listed_at: float | None = None
     #: When the core asked the node to stop the current attempt (preemption), if it did.
     stop_requested_at: float | None = None
-    #: Nodes its failed or lost attempts ran on, in order of first failure (bounded by
-    #: ``CoreConfig.max_distinct_failed_nodes``; a retry avoids them when it can).
+    #: Nodes its failed attempts ran on, in order of first failure (bounded by
+    #: ``CoreConfig.max_distinct_failed_nodes``).
     failed_nodes: tuple[str, ...] = ()
+    #: Nodes an attempt of the task failed on or was lost on (not by a whole-node loss):
+    #: a retry avoids them when another node fits. Only failures count towards
+    #: ``max_distinct_failed_nodes``.
+    avoid_nodes: tuple[str, ...] = ()
 
     def predicted_end(self, now: float) -> float:
         """When the current attempt should finish; an overdue attempt is expected soon."""
@@ -838,11 +843,14 @@ class SchedulerCore:
         attempt number comes with the next assignment, no retry is used, and the work
         resumes from the last progress reported. Once the task has lost more than
         ``max_lost_attempts`` attempts it fails instead (and its dependents are
-        cancelled), as it does when its failed or lost attempts have run on
-        ``max_distinct_failed_nodes`` different nodes; the loss of a whole node
-        (``node_lost``) is the node's fault and does not count there."""
+        cancelled). A loss is the infrastructure's fault (a killed or restarted executor, a
+        silent node), not the task's, so it never counts towards
+        ``max_distinct_failed_nodes``: a poison task that kills every executor it lands on
+        is stopped by ``max_lost_attempts``. ``node_lost`` says the whole node was lost."""
         node_id = rec.node_id
         rec.progress = max(rec.progress, min(rec.reported_progress, MAX_RESUME_PROGRESS))
+        if not node_lost and node_id is not None and node_id not in rec.avoid_nodes:
+            rec.avoid_nodes = (*rec.avoid_nodes, node_id)
         self.release(rec)
         rec.losses += 1
         limit = self.config.max_lost_attempts
@@ -852,10 +860,6 @@ class SchedulerCore:
             )
             self._fail(rec, why, now)
             return
-        spread = None if node_lost else self._spread(rec, node_id, reason)
-        if spread is not None:
-            self._fail(rec, spread, now)
-            return
         self.enqueue(rec, reason, now)
 
     def _fail(self, rec: TaskRecord, reason: str, now: float) -> None:
@@ -864,10 +868,12 @@ class SchedulerCore:
         self._cancel_dependents(rec, now)
 
     def _spread(self, rec: TaskRecord, node_id: str | None, last: str) -> str | None:
-        """Note that an attempt of ``rec`` failed or was lost on ``node_id``; the terminal
+        """Note that an attempt of ``rec`` failed on ``node_id``; the terminal
         reason when its failures now span ``max_distinct_failed_nodes`` nodes, else None."""
         if node_id is not None and node_id not in rec.failed_nodes:
             rec.failed_nodes = (*rec.failed_nodes, node_id)
+        if node_id is not None and node_id not in rec.avoid_nodes:
+            rec.avoid_nodes = (*rec.avoid_nodes, node_id)
         limit = self.config.max_distinct_failed_nodes
         if limit is None or len(rec.failed_nodes) < limit:
             return None

@@ -227,7 +227,7 @@ class _Cycle:
             if barred:
                 rows = rows[~np.isin(rows, barred)]
                 classes = self._classes(rows)
-        if rec.failed_nodes and rows.size > 1:
+        if rec.avoid_nodes and rows.size > 1:
             rows, classes = self._avoid_failed_nodes(rec, rows, classes)
         wait = None
         arm = self.core.policy_of(spec.task_id)  # an A/B split's arm (else the policy)
@@ -271,7 +271,7 @@ class _Cycle:
         """``rows`` without the nodes ``rec``'s attempts failed or were lost on, unless
         that leaves none (a retry avoids them only when another node fits)."""
         index = self.cluster.index
-        avoid = sorted(index[n] for n in rec.failed_nodes if n in index)
+        avoid = sorted(index[n] for n in rec.avoid_nodes if n in index)
         kept = rows[~np.isin(rows, avoid)] if avoid else rows
         if kept.size == 0 or kept.size == rows.size:
             return rows, classes

@@ -227,6 +227,16 @@ PLACEMENT_LOAD_FORECAST_GPUS = Gauge(
     "by default), by hardware class: what low-priority deferral compares with free GPUs.",
     ["hardware"],
 )
+BREAKER_STATE = Gauge(
+    "streamsched_breaker_state",
+    "State of the placement core's circuit breaker per hardware class: 0 closed, 1 "
+    "half-open (one probe attempt allowed), 2 open (placement there paused).",
+    ["hardware"],
+)
+RETRY_BACKOFF_TASKS = Gauge(
+    "streamsched_retry_backoff_tasks",
+    "Queued tasks waiting out a retry backoff (not placeable yet).",
+)
 PLACEMENT_RESTORE_SECONDS = Gauge(
     "streamsched_placement_restore_seconds",
     "How long the placement agent's last start took to replay its journal (0: nothing "

@@ -183,11 +183,6 @@ def test_circuit_breaker_trips_and_recovers(breaker_run: BreakerRun) -> None:
     assert [e.state for e in run.decisions.events(TaskEnded, run.after)] == ["succeeded"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agents/placement.py does not publish breaker.changed records yet: _publish "
-    "routes only the record types it knows (see docs/policies.md, circuit breakers)",
-)
 def test_breaker_transitions_are_audited_on_sched_decisions(breaker_run: BreakerRun) -> None:
     run = breaker_run
     run.decisions.drain(2.0)

@@ -186,19 +186,23 @@ def test_a_task_failing_on_different_nodes_stops_naming_them() -> None:
     assert assigns(out) == []
 
 
-def test_lost_attempts_count_towards_the_nodes_but_whole_node_losses_do_not() -> None:
+def test_only_failures_count_towards_the_nodes_and_a_retry_avoids_where_it_was_lost() -> None:
     core = core_with(gpus("n0", "n1", "n2", "n3", "n4"), max_distinct_failed_nodes=3)
     (a,) = assigns(drive(core, submitted(task("t", gpus=1, max_retries=9)), 1.0))
+    assert a.node_id == "n0"
     (a,) = assigns(drive(core, TaskLost("tl", "t", 1, "process vanished"), 2.0))
+    assert a.node_id == "n1"  # avoids n0, where it was lost; the loss counts for nothing
     (a,) = assigns(drive(core, failed("t", 2, "oom"), 3.0))
     assert a.node_id == "n2"
     (a,) = assigns(drive(core, lost("n2", "no heartbeat"), 4.0))  # the node's fault
     assert a.node_id == "n3"
-    out = drive(core, failed("t", 4, "oom"), 5.0)
+    (a,) = assigns(drive(core, failed("t", 4, "oom"), 5.0))
+    assert a.node_id == "n4"
+    out = drive(core, failed("t", 5, "oom"), 6.0)
     assert [(t.new, t.reason) for t in transitions(out)] == [
         (
             S.FAILED,
-            "failed on 3 different nodes (n0, n1, n3) (max_distinct_failed_nodes=3); last: oom",
+            "failed on 3 different nodes (n1, n3, n4) (max_distinct_failed_nodes=3); last: oom",
         )
     ]
 
