@@ -7,15 +7,18 @@ One run, on an embedded Tansu broker of its own:
 2. A producer **process** (spawned, so that its memory is its own) produces ``count``
    valid submissions to ``sched.tasks.submitted`` as fast as it can: pre-encoded records,
    ``linger.ms`` 5, ``acks=all``. Each task runs ``true`` (argv, no shell) on an executor.
-3. This process follows ``sched.decisions`` and ``sched.tasks.events`` from the beginning
-   until every submission has a verdict, or nothing new arrived for ``idle_timeout_s``,
-   or ``timeout_s`` passed; it samples the resident memory of every process each second.
+3. This process follows ``sched.decisions``, ``sched.tasks.events`` and the heartbeats
+   from the beginning until every submission has a verdict (and every executor's
+   heartbeat lists nothing running, at most :data:`SETTLE_S` more), or nothing new
+   arrived for ``idle_timeout_s``, or ``timeout_s`` passed; it samples the resident
+   memory of every process each second.
 
 "Nothing lost" means: every submission is accounted for, either **accepted and terminal**
 (a ``task.ended`` on ``sched.decisions``) or **rejected with a reason** (a
 ``task.rejected`` whose ``reason`` is not empty); ``unaccounted`` counts the rest. A task
-with ``task.completed`` events of two attempts, or two with different event ids, counts in
-``duplicate_completions`` (as in :mod:`streamsched.chaos`).
+with ``task.completed`` events of two attempts, or two with different event ids for one
+attempt, or two ``task.ended``, counts in ``duplicate_completions`` (as in
+:mod:`streamsched.chaos`; ``duplicates`` splits them by kind).
 
 Memory: peak RSS (``VmHWM``) of each process, the broker's included (Tansu keeps every
 record in memory and never deletes, so its memory grows with the data by design), plus
@@ -60,12 +63,16 @@ from streamsched.schemas.tasks import TaskSubmitted
 from streamsched.schemas.topics import (
     CORE_TOPIC_PARTITIONS,
     DECISIONS,
+    NODE_HEARTBEATS,
     TASK_EVENTS,
     TASKS_SUBMITTED,
 )
 
 #: Seconds between two points of the memory timeline.
 TIMELINE_EVERY_S = 5.0
+#: After the last verdict, the run goes on until every executor's heartbeat lists nothing
+#: running (a stale attempt completing late is still counted), at most this long.
+SETTLE_S = 15.0
 #: The producer's librdkafka settings (a client under load batches).
 PRODUCER_SETTINGS: dict[str, Any] = {"linger.ms": 5, "acks": "all"}
 
@@ -113,6 +120,7 @@ class BurstResult:
     states: dict[str, int] = field(default_factory=dict)
     rejection_reasons: dict[str, int] = field(default_factory=dict)
     unaccounted_sample: list[str] = field(default_factory=list)
+    duplicates: dict[str, int] = field(default_factory=dict)
     duplicate_sample: list[str] = field(default_factory=list)
     #: Tasks that needed more than one attempt, and the first few with why.
     requeued_tasks: int = 0
@@ -217,11 +225,20 @@ class _Follower:
         self.prefix = prefix
         self.lock = threading.Lock()
         self.verdicts: dict[str, tuple[str, str]] = {}  # task -> (state, reason)
-        self.completion: dict[str, str] = {}  # task -> first completion event id
-        self.duplicates: set[str] = set()
+        self.completion: dict[str, tuple[str, int]] = {}  # task -> first (event id, attempt)
+        self.verdict_ids: dict[str, str] = {}  # task -> first verdict's event id
+        #: Duplicate completions by kind (as in streamsched.chaos): different attempts,
+        #: the same attempt twice, two verdicts.
+        self.duplicates: dict[str, set[str]] = {
+            "attempts": set(),
+            "same_attempt": set(),
+            "verdicts": set(),
+        }
         #: Re-placements (attempt > 1) and lost reports: (type, attempt, node, reason).
         self.requeues: dict[str, list[tuple[str, int, str, str]]] = {}
         self.last_at = time.monotonic()
+        #: node -> (arrival of its latest heartbeat, whether it lists running attempts)
+        self.beats: dict[str, tuple[float, bool]] = {}
         self._stop = threading.Event()
         self._consumer = Consumer(
             {
@@ -235,7 +252,7 @@ class _Follower:
         self._consumer.assign(
             [
                 TopicPartition(t, p, OFFSET_BEGINNING)
-                for t in (DECISIONS, TASK_EVENTS)
+                for t in (DECISIONS, TASK_EVENTS, NODE_HEARTBEATS)
                 for p in meta[t].partitions
             ]
         )
@@ -263,15 +280,23 @@ class _Follower:
             return
         if not isinstance(data, dict):
             return
+        kind = data.get("type")
+        if kind == "node.heartbeat":
+            running = data.get("running")
+            with self.lock:
+                self.beats[str(data.get("node_id"))] = (time.monotonic(), bool(running))
+            return
         task_id = data.get("task_id")
         if not isinstance(task_id, str) or not task_id.startswith(self.prefix):
             return
-        kind = data.get("type")
         with self.lock:
             if kind == "task.ended":
                 if task_id not in self.verdicts:
                     self.last_at = time.monotonic()
                 self.verdicts.setdefault(task_id, (str(data["state"]), ""))
+                event_id = str(data.get("event_id"))
+                if self.verdict_ids.setdefault(task_id, event_id) != event_id:
+                    self.duplicates["verdicts"].add(task_id)
             elif kind == "task.rejected":
                 if task_id not in self.verdicts:
                     self.last_at = time.monotonic()
@@ -285,10 +310,17 @@ class _Follower:
                     (str(kind), int(data.get("attempt", 0)), node, str(data.get("reason"))[:200])
                 )
             elif kind == "task.completed":
-                event_id = str(data.get("event_id"))
-                first = self.completion.setdefault(task_id, event_id)
-                if first != event_id:
-                    self.duplicates.add(task_id)
+                event_id, attempt = str(data.get("event_id")), int(data.get("attempt", 0))
+                first_id, first_attempt = self.completion.setdefault(task_id, (event_id, attempt))
+                if first_id != event_id:
+                    kind_of = "attempts" if first_attempt != attempt else "same_attempt"
+                    self.duplicates[kind_of].add(task_id)
+
+    def quiet_since(self, nodes: list[str], moment: float) -> bool:
+        """Every node's latest heartbeat arrived after ``moment`` and lists nothing."""
+        with self.lock:
+            beats = [self.beats.get(n, (-math.inf, True)) for n in nodes]
+        return all(at > moment and not busy for at, busy in beats)
 
     def verdict_count(self) -> int:
         with self.lock:
@@ -443,8 +475,10 @@ def _drive(
                 }
             )
         if produced is not None and done >= cfg.count:
-            result.ended_by = "every submission has a verdict"
-            break
+            nodes = list(cluster.specs)
+            if follower.quiet_since(nodes, follower.last_at) or now - follower.last_at > SETTLE_S:
+                result.ended_by = "every submission has a verdict"
+                break
         if produced is not None and now - follower.last_at > cfg.idle_timeout_s:
             result.ended_by = f"no new verdict for {cfg.idle_timeout_s:g} s (idle timeout)"
             break
@@ -467,8 +501,10 @@ def _drive(
 def _tally(result: BurstResult, follower: _Follower, expected: list[str]) -> None:
     with follower.lock:
         verdicts = dict(follower.verdicts)
-        result.duplicate_completions = len(follower.duplicates)
-        result.duplicate_sample = sorted(follower.duplicates)[:20]
+        duplicated = set().union(*follower.duplicates.values())
+        result.duplicate_completions = len(duplicated)
+        result.duplicates = {k: len(v) for k, v in follower.duplicates.items()}
+        result.duplicate_sample = sorted(duplicated)[:20]
         requeues = dict(follower.requeues)
     result.requeued_tasks = len(requeues)
     result.requeue_sample = {t: requeues[t] for t in sorted(requeues)[:5]}

@@ -19,7 +19,9 @@ at a shared cluster):
      finds its own journal topic if it keeps one).
 
 4. Read ``sched.decisions``, ``sched.tasks.events`` and ``sched.nodes.heartbeats`` from the
-   beginning with a consumer of its own, until every task is terminal or the timeout.
+   beginning with a consumer of its own, until every task is terminal and every executor's
+   latest heartbeat lists nothing running (at most :data:`SETTLE_S` more: a stale attempt
+   that completes late still counts), or the timeout.
 
 Definitions (all counted from the topics, never from a component's own report):
 
@@ -76,7 +78,7 @@ import urllib.error
 import urllib.request
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +114,10 @@ STARTUP_TIMEOUT_S = 120.0
 #: A record that arrives this soon after a restart is still the old process's (Python
 #: alone takes longer to start here): placement recovery counts the first new verdict after.
 NEW_PROCESS_GUARD_S = 1.0
+#: Once every task is terminal, the run goes on until every executor's heartbeat lists
+#: nothing running (a stale attempt may still complete late, and would be a duplicate),
+#: at most this long.
+SETTLE_S = 15.0
 #: Records of an attempt's end (its first one settles the attempt).
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "rejected")
 ATTEMPT_END_TYPES = frozenset(
@@ -211,6 +217,7 @@ class Ledger:
         self.inflight: dict[str, set[tuple[str, int]]] = {}  # node -> attempts
         self.verdict_times: list[float] = []
         self.heartbeats: dict[str, list[float]] = {}  # node -> arrival times
+        self.busy: dict[str, bool] = {}  # node -> its latest heartbeat lists attempts
         self.records = 0
         self.types: Counter[str] = Counter()
 
@@ -224,7 +231,10 @@ class Ledger:
         with self.lock:
             self.records += 1
             if kind == "node.heartbeat":
-                self.heartbeats.setdefault(str(data.get("node_id")), []).append(at)
+                node_id = str(data.get("node_id"))
+                self.heartbeats.setdefault(node_id, []).append(at)
+                running = data.get("running")
+                self.busy[node_id] = bool(running) if isinstance(running, list) else True
                 return
             if event_id in self.seen_ids:
                 self.redelivered += 1
@@ -307,6 +317,15 @@ class Ledger:
             times = self.heartbeats.get(node_id, [])
             i = bisect_right(times, moment)
             return times[i] if i < len(times) else None
+
+    def quiet_since(self, nodes: Iterable[str], moment: float) -> bool:
+        """Every one of ``nodes`` sent a heartbeat after ``moment``, and its latest one
+        lists no running attempt (nothing is left to complete late)."""
+        with self.lock:
+            return all(
+                (self.heartbeats.get(n) or [-math.inf])[-1] > moment and not self.busy.get(n)
+                for n in nodes
+            )
 
     def first_verdict_after(self, moment: float) -> float | None:
         """When the first verdict not seen before arrived after ``moment``."""
@@ -950,10 +969,14 @@ def _drive(
                 }
             )
         if sent == cfg.tasks and driver.done:
-            if terminal >= cfg.tasks and all(f.recovered_at is not None for f in faults):
+            settled = terminal >= cfg.tasks and (
+                ledger.quiet_since(cluster.specs, last_verdict_seen)
+                or now - last_verdict_seen > SETTLE_S
+            )
+            if settled and all(f.recovered_at is not None for f in faults):
                 result.ended_by = "every task terminal"
                 break
-            if terminal >= cfg.tasks and now - last_verdict_seen > 15.0:
+            if settled and now - last_verdict_seen > SETTLE_S:
                 result.ended_by = "every task terminal (a fault never recovered)"
                 break
             if now - max(last_verdict_seen, _last_fault_at(faults, t0)) > cfg.idle_timeout_s:
