@@ -113,6 +113,8 @@ class ProcessorConfig:
     checkpoint_interval_s: float = 60.0
     #: Refuse status-view requests without the tenant header (else: operator mode).
     require_tenant: bool = False
+    #: Tenants whose status-view requests are answered like an operator's.
+    status_operators: tuple[str, ...] = ()
 
     @property
     def ticks_topic(self) -> str:
@@ -544,7 +546,7 @@ def create_app(cfg: ProcessorConfig, partitions: Mapping[str, int]) -> tuple[Any
             headers=[("type", record.type.encode()), *tenant_headers(record.requested_by)],
         )
 
-    add_views(app, StatusView(proc, cfg.require_tenant), View, audit)
+    add_views(app, StatusView(proc, cfg.require_tenant, cfg.status_operators), View, audit)
     return app, proc
 
 

@@ -6,13 +6,14 @@ routes. A request names its tenant in the :data:`~..schemas.tenancy.HTTP_TENANT_
 header (``X-Streamsched-Tenant``): it then sees that tenant's tasks only, and a request
 that reaches for another tenant's task is answered 403 with an
 :class:`~..schemas.tenancy.AccessRefused` record to audit. Without the header the view is
-in operator mode (every task), or answers 401 when ``require_tenant`` is set.
+in operator mode (every task), or answers 401 when ``require_tenant`` is set; tenants
+listed as ``operators`` are answered like an operator.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -44,11 +45,15 @@ def _error(status: int, message: str, refusal: AccessRefused | None = None) -> A
 
 class StatusView:
     """The answers of the status view over ``proc``'s tables. ``require_tenant``: a
-    request without the tenant header is refused (401) instead of served as operator."""
+    request without the tenant header is refused (401) instead of served as operator;
+    ``operators``: tenants whose requests are answered like an operator's (every task)."""
 
-    def __init__(self, proc: Processor, require_tenant: bool = False) -> None:
+    def __init__(
+        self, proc: Processor, require_tenant: bool = False, operators: Iterable[str] = ()
+    ) -> None:
         self.proc = proc
         self.require_tenant = require_tenant
+        self.operators = frozenset(operators)
 
     def requester(self, headers: Mapping[str, str]) -> str | Answer:
         """The tenant a request speaks for ("" in operator mode), or the error answer
@@ -62,9 +67,10 @@ class StatusView:
                 )
             return ""
         try:
-            return check_tenant(raw.strip(), f"header {HTTP_TENANT_HEADER}")
+            tenant = check_tenant(raw.strip(), f"header {HTTP_TENANT_HEADER}")
         except ValueError as exc:
             return _error(400, str(exc))
+        return "" if tenant in self.operators else tenant
 
     def _refuse(
         self, requester: str, action: Any, owner: str, reason: str, task_id: str | None

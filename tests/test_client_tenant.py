@@ -11,6 +11,8 @@ from streamsched.settings import (
     configured_tenant,
     kafka_settings,
     sasl_principal,
+    secured,
+    status_operators,
     status_requires_tenant,
 )
 
@@ -46,7 +48,11 @@ def test_tenant_settings_are_read_and_checked() -> None:
     assert configured_tenant({"STREAMSCHED_TENANT": " ads "}) == "ads"
     assert configured_tenant({}) is None
     assert status_requires_tenant({"STREAMSCHED_STATUS_REQUIRE_TENANT": "true"}) is True
-    assert status_requires_tenant({}) is False
+    assert status_requires_tenant({"STREAMSCHED_STATUS_REQUIRE_TENANT": "no"}) is False
+    assert status_requires_tenant({}) is None  # unset: the processor decides
+    assert status_operators({"STREAMSCHED_STATUS_OPERATORS": "ops, sre,,"}) == ("ops", "sre")
+    assert secured(kafka_settings(SASL)) is True
+    assert secured(kafka_settings({})) is False
     with pytest.raises(ValueError, match="STREAMSCHED_STATUS_REQUIRE_TENANT='maybe'"):
         status_requires_tenant({"STREAMSCHED_STATUS_REQUIRE_TENANT": "maybe"})
 

@@ -42,8 +42,10 @@ def kafka_settings(environ: Mapping[str, str] | None = None) -> KafkaSettings:
 TENANT_ENV = "STREAMSCHED_TENANT"
 #: ``true``: the processor's status view refuses requests that name no tenant.
 REQUIRE_TENANT_ENV = "STREAMSCHED_STATUS_REQUIRE_TENANT"
+#: Comma-separated tenants that the status view answers like an operator (every task).
+STATUS_OPERATORS_ENV = "STREAMSCHED_STATUS_OPERATORS"
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def sasl_principal(settings: KafkaSettings) -> str | None:
@@ -63,13 +65,29 @@ def configured_tenant(environ: Mapping[str, str] | None = None) -> str | None:
     return env.get(TENANT_ENV, "").strip() or None
 
 
-def status_requires_tenant(environ: Mapping[str, str] | None = None) -> bool:
-    """``STREAMSCHED_STATUS_REQUIRE_TENANT`` as a flag (default false). ValueError naming
-    the variable for anything but true/false, 1/0, yes/no, on/off."""
+def status_requires_tenant(environ: Mapping[str, str] | None = None) -> bool | None:
+    """``STREAMSCHED_STATUS_REQUIRE_TENANT`` as a flag, None when unset or blank (the
+    processor then decides: see :func:`secured`). ValueError naming the variable for
+    anything but true/false, 1/0, yes/no, on/off."""
     env = os.environ if environ is None else environ
     raw = env.get(REQUIRE_TENANT_ENV, "").strip().lower()
+    if not raw:
+        return None
     if raw in _TRUE:
         return True
     if raw in _FALSE:
         return False
     raise ValueError(f"{REQUIRE_TENANT_ENV}={raw!r}: expected true or false")
+
+
+def status_operators(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``STREAMSCHED_STATUS_OPERATORS``: the tenants, comma-separated (blanks dropped)."""
+    env = os.environ if environ is None else environ
+    return tuple(t.strip() for t in env.get(STATUS_OPERATORS_ENV, "").split(",") if t.strip())
+
+
+def secured(settings: KafkaSettings) -> bool:
+    """True when the Kafka connection is authenticated or encrypted (``security.protocol``
+    other than PLAINTEXT): the deployment is not a local, single-user one."""
+    protocol = str(settings.client_config.get("security.protocol", "PLAINTEXT")).upper()
+    return protocol != "PLAINTEXT"

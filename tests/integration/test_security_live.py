@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient
 
 from streamsched.broker import free_port
-from streamsched.client import Client, ClientError
+from streamsched.client import AccessDenied, Client, ClientError
 from streamsched.schemas import topics
 from streamsched.schemas.tenancy import TENANT_HEADER
 from streamsched.settings import kafka_settings
@@ -239,6 +239,11 @@ def test_client_and_processor_work_over_tls_with_the_pass_through_settings(
                 task_id = client.submit(task_type="train", governance={"pool": f"none-{UID}"})
                 status = _wait("the processor to see the task", lambda: client.query(task_id))
                 assert (status.state.value, status.tenant) == ("queued", tenant)
+            monkeypatch.delenv("STREAMSCHED_TENANT")
+            anonymous = Client(status_url=f"http://{LOOPBACK}:{web}", timeout_s=10)
+            # a secured Kafka connection: the view requires a tenant by default
+            with pytest.raises(AccessDenied, match="requires the X-Streamsched-Tenant"):
+                anonymous.summary()
             headers = _read_headers(kafka_settings(env), servers, task_id)
             assert headers[TENANT_HEADER] == tenant.encode()
         finally:

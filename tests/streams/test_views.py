@@ -153,3 +153,13 @@ def test_the_views_own_audit_records_are_recognised_on_the_decisions_topic(
     assert proc.refusals_seen == 1
     with pytest.raises(InvalidEvent):  # elsewhere it is just an unknown type
         proc.decode(topics.TASK_EVENTS, codec.encode(record))
+
+
+def test_an_operator_tenant_is_answered_like_an_operator(proc: Processor) -> None:
+    view = StatusView(proc, require_tenant=True, operators=("ops",))
+    assert view.requester({HTTP_TENANT_HEADER: "ops"}) == ""
+    assert view.answer_task("", "v1").status == 200
+    assert view.requester({HTTP_TENANT_HEADER: "ads"}) == "ads"
+    missing = view.requester({})
+    assert isinstance(missing, Answer)
+    assert missing.status == 401

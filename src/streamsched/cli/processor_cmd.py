@@ -18,7 +18,8 @@ from confluent_kafka import KafkaException
 
 from streamsched import metrics
 from streamsched.broker import BrokerError, client_config
-from streamsched.settings import status_requires_tenant
+from streamsched.schemas.tenancy import check_tenant
+from streamsched.settings import secured, status_operators, status_requires_tenant
 
 from ._common import cli_errors, fail
 from .live import require_bootstrap
@@ -66,8 +67,18 @@ def processor(
         typer.Option(
             "--require-tenant/--no-require-tenant",
             help="Refuse status-view requests without the X-Streamsched-Tenant header "
-            "(default: $STREAMSCHED_STATUS_REQUIRE_TENANT, else false: requests without "
-            "it are answered in operator mode).",
+            "(default: $STREAMSCHED_STATUS_REQUIRE_TENANT, else true when the Kafka "
+            "connection uses SASL or TLS, else false: such requests are answered in "
+            "operator mode).",
+            show_default=False,
+        ),
+    ] = None,
+    operator: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--operator",
+            help="A tenant whose status-view requests see every task, like an operator "
+            "(repeatable; default: $STREAMSCHED_STATUS_OPERATORS, comma-separated).",
             show_default=False,
         ),
     ] = None,
@@ -87,10 +98,14 @@ def processor(
     if triggers is not None:
         with cli_errors("--triggers"):
             rules = load_rules(triggers)
-    if require_tenant is None:
-        with cli_errors():
-            require_tenant = status_requires_tenant()
+    with cli_errors():
+        from_env = status_requires_tenant()
+        operators = tuple(operator or status_operators())
+        for name in operators:
+            check_tenant(name, "--operator")
     servers, settings = require_bootstrap("processor")
+    if require_tenant is None:
+        require_tenant = from_env if from_env is not None else secured(settings)
     config = client_config(servers, settings)
     if metrics_port is not None:
         with cli_errors("--metrics-port"):
@@ -111,6 +126,7 @@ def processor(
         checkpoint_every=checkpoint_every,
         checkpoint_interval_s=checkpoint_interval,
         require_tenant=require_tenant,
+        status_operators=operators,
     )
     try:
         with cli_errors():
