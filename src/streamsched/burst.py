@@ -88,6 +88,8 @@ class BurstConfig:
     slots: int = 32
     timeout_s: float = 900.0
     idle_timeout_s: float = 60.0
+    #: After the verdicts, wait this long at most for the processor's view (0: do not).
+    view_timeout_s: float = 0.0
     run_dir: Path | None = None
 
     def validate(self) -> None:
@@ -101,6 +103,8 @@ class BurstConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive number")
+        if not (math.isfinite(self.view_timeout_s) and self.view_timeout_s >= 0):
+            raise ValueError("--view-timeout-s must be a number >= 0")
 
 
 @dataclass(slots=True)
@@ -133,6 +137,10 @@ class BurstResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     end_rss_mib: dict[str, float] = field(default_factory=dict)
     rss_timeline: list[dict[str, float]] = field(default_factory=list)
+    #: With ``view_timeout_s``: when the processor's view showed every submission terminal
+    #: (seconds from the start of the burst; None: not within the wait), and the RSS then.
+    view_caught_up_s: float | None = None
+    view_rss_mib: dict[str, float] = field(default_factory=dict)
     status_view: dict[str, Any] | None = None
     crashes: list[str] = field(default_factory=list)
     crash_logs: dict[str, str] = field(default_factory=dict)
@@ -494,6 +502,56 @@ def _drive(
     result.peak_rss_mib["producer"] = producer_peak
     producer.join(10)
     summary = view_json(cluster.status_url, "/summary", timeout_s=30.0)
+    if isinstance(summary, dict):
+        result.status_view = {"tasks": summary.get("tasks"), "per_state": summary.get("per_state")}
+    if cfg.view_timeout_s > 0:
+        _wait_for_view(cfg, cluster, broker_pid, result, t0, note)
+
+
+def _view_terminal(summary: Any) -> int:
+    if not isinstance(summary, dict):
+        return -1
+    per_state = summary.get("per_state") or {}
+    return sum(int(per_state.get(s, 0)) for s in ("succeeded", "failed", "cancelled", "rejected"))
+
+
+def _wait_for_view(
+    cfg: BurstConfig,
+    cluster: LiveCluster,
+    broker_pid: int | None,
+    result: BurstResult,
+    t0: float,
+    note: Callable[[str], None],
+) -> None:
+    """Until the processor's status view shows every submission terminal (it runs behind
+    the placement agent under a burst), sampling memory on the way; its figures go to
+    ``view_caught_up_s`` (from the start of the burst, None if it did not) and
+    ``view_rss_mib`` (each process's RSS then)."""
+    note(f"waiting up to {cfg.view_timeout_s:g} s for the processor's status view")
+    deadline = time.monotonic() + cfg.view_timeout_s
+    last_timeline = time.monotonic()
+    summary: Any = None
+    while time.monotonic() < deadline:
+        cluster.sample_rss()
+        summary = view_json(cluster.status_url, "/summary", timeout_s=30.0)
+        if _view_terminal(summary) >= cfg.count:
+            result.view_caught_up_s = round(time.monotonic() - t0, 1)
+            break
+        if time.monotonic() - last_timeline >= TIMELINE_EVERY_S:
+            last_timeline = time.monotonic()
+            point = {"t_s": round(last_timeline - t0, 1), "view_terminal": _view_terminal(summary)}
+            for name, child in cluster.children.items():
+                point[name] = round(_current_rss_mib(child.process.pid), 1)
+            point["broker"] = round(_current_rss_mib(broker_pid), 1)
+            result.rss_timeline.append(point)
+            note(f"status view: {max(0, point['view_terminal']):,} of {cfg.count:,} terminal")
+        time.sleep(2.0)
+    cluster.sample_rss()
+    result.view_rss_mib = {
+        name: round(_current_rss_mib(child.process.pid), 1)
+        for name, child in cluster.children.items()
+    }
+    result.view_rss_mib["broker"] = round(_current_rss_mib(broker_pid), 1)
     if isinstance(summary, dict):
         result.status_view = {"tasks": summary.get("tasks"), "per_state": summary.get("per_state")}
 

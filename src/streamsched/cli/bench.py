@@ -354,6 +354,14 @@ def burst(
     idle_timeout_s: Annotated[
         float, typer.Option(min=1.0, help="Stop when no new verdict arrived this long.")
     ] = 60.0,
+    view_timeout_s: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Then wait up to this long for the processor's status view to show every "
+            "submission terminal, and report the memory then (0: do not wait).",
+        ),
+    ] = 0.0,
     run_dir: Annotated[
         Path | None, typer.Option(help="Logs of every process (default: a temporary dir).")
     ] = None,
@@ -374,6 +382,7 @@ def burst(
         slots=slots,
         timeout_s=timeout_s,
         idle_timeout_s=idle_timeout_s,
+        view_timeout_s=view_timeout_s,
         run_dir=run_dir,
     )
 
@@ -392,16 +401,17 @@ def burst(
     m = r.machine
     out.print(_burst_table(r.to_dict()))
     rss = Table(title="memory (MiB) and CPU time per process", title_justify="left")
-    for header in ("process", "peak RSS", "RSS at the end", "CPU s"):
+    headers = ["process", "peak RSS", "RSS at the last verdict"]
+    headers += ["RSS once the view caught up"] if r.view_rss_mib else []
+    for header in [*headers, "CPU s"]:
         rss.add_column(header, justify="right" if header != "process" else "left")
     for name, peak in sorted(r.peak_rss_mib.items()):
         end, cpu = r.end_rss_mib.get(name), r.cpu_s.get(name)
-        rss.add_row(
-            name,
-            f"{peak:,.0f}",
-            "-" if end is None else f"{end:,.0f}",
-            "-" if cpu is None else f"{cpu:,.1f}",
-        )
+        row = [name, f"{peak:,.0f}", "-" if end is None else f"{end:,.0f}"]
+        if r.view_rss_mib:
+            then = r.view_rss_mib.get(name)
+            row.append("-" if then is None else f"{then:,.0f}")
+        rss.add_row(*row, "-" if cpu is None else f"{cpu:,.1f}")
     out.print(rss)
     for line in (
         f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['platform']}, Python {m['python']}",
@@ -445,6 +455,10 @@ def _burst_table(d: dict[str, Any]) -> Table:
         ("states", ", ".join(f"{k} {v:,}" for k, v in sorted(d["states"].items()))),
         ("all verdicts after", f"{d['drain_s']:.1f} s ({d['end_to_end_per_s']:,.0f} tasks/s)"),
         ("processor status view", f"{view.get('tasks') or 0:,} tasks: {view_states}"),
+        (
+            "status view caught up after",
+            "-" if d["view_caught_up_s"] is None else f"{d['view_caught_up_s']:.1f} s",
+        ),
         ("wall", f"{d['wall_s']:.1f} s"),
     ]
     for reason, n in d["rejection_reasons"].items():
