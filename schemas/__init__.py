@@ -49,6 +49,7 @@ from .lifecycle import (
 from .models import ModelDrift
 from .nodes import NodeHeartbeat, NodeResources, RunningAttempt
 from .tasks import DeclaredWork, Priority, TaskRejected, TaskResources, TaskSubmitted
+from .tenancy import AccessRefused
 from .types import CONTEXT_KNOWN_HARDWARE, CONTEXT_NOW
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "KNOWN_HARDWARE_CLASSES",
     "SCHEMA_VERSION",
     "SUPPORTED_SCHEMA_VERSIONS",
+    "AccessRefused",
     "Assignment",
     "AttemptEvent",
     "BreakerChanged",

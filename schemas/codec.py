@@ -48,6 +48,7 @@ from .lifecycle import (
 from .models import ModelDrift
 from .nodes import NodeHeartbeat
 from .tasks import TaskRejected, TaskSubmitted
+from .tenancy import AccessRefused
 from .types import CONTEXT_KNOWN_HARDWARE, CONTEXT_NOW
 
 #: Any event streamsched carries.
@@ -69,6 +70,7 @@ Event: TypeAlias = (
     | CancelOutcome
     | PolicyChanged
     | BreakerChanged
+    | AccessRefused
     | CancelTask
     | PolicyUpdate
     | StopAttempt

@@ -24,6 +24,7 @@ from streamsched.schemas import (
     TaskSubmitted,
 )
 from streamsched.schemas.codec import decode, encode
+from streamsched.schemas.tenancy import AccessRefused
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -221,6 +222,22 @@ def test_a_refused_cancel_and_an_unsettled_task() -> None:
     assert story.entries[-1].what == "cancel refused"
     assert story.entries[-1].who == "mallory"
     assert story.verdict is None
+
+
+def test_a_refused_status_query_is_part_of_the_story() -> None:
+    refusal = AccessRefused(
+        **_at(9),
+        event_id="r-1",
+        requested_by="mallory",
+        action="query",
+        task_id="t-1",
+        tenant="vision",
+        reason="tenant 'mallory' may not see a task of another tenant",
+    )
+    story = build_story("t-1", [*_story_events(), refusal])
+    (entry,) = [e for e in story.entries if e.what == "access refused"]
+    assert entry.who == "mallory"
+    assert entry.why == "query refused: tenant 'mallory' may not see a task of another tenant"
 
 
 def _policy(seconds: float, event_id: str, accepted: bool) -> PolicyChanged:

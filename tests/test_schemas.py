@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from streamsched.schemas import (
     EVENT_TYPES,
+    AccessRefused,
     Assignment,
     BreakerChanged,
     CancelOutcome,
@@ -218,6 +219,14 @@ EXAMPLES: list[EventEnvelope] = [
         cooldown_s=30.0,
         half_open_at_s=1771.5,
         decided_at_s=1741.5,
+    ),
+    AccessRefused(
+        **ENV,
+        requested_by="ads",
+        action="query",
+        task_id="t-1",
+        tenant="vision",
+        reason="tenant 'ads' may not see a task of another tenant",
     ),
 ]
 

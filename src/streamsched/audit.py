@@ -39,6 +39,7 @@ from streamsched.schemas.lifecycle import (
     TaskStarted,
 )
 from streamsched.schemas.tasks import TaskRejected, TaskSubmitted
+from streamsched.schemas.tenancy import AccessRefused
 from streamsched.schemas.topics import COMMANDS, DECISIONS, TASK_EVENTS, TASKS_SUBMITTED
 
 __all__ = [
@@ -148,6 +149,7 @@ _RANK: dict[str, int] = {
             "shadow decision",
             "cancel accepted",
             "cancel refused",
+            "access refused",
             "ended",
         )
     )
@@ -225,6 +227,9 @@ def _entry(task_id: str, event: EventEnvelope) -> StoryEntry | None:
             what = "cancel accepted" if event.accepted else "cancel refused"
             why = f"{event.outcome} (request {event.request_event_id}: {event.reason})"
             return _make(event, what, why, who=event.requested_by, attempt=event.attempt)
+        case AccessRefused():
+            why = f"{event.action} refused: {event.reason}"
+            return _make(event, "access refused", why, who=event.requested_by)
         case TaskEnded():
             why = f"{event.state}: {event.reason}"
             return _make(event, "ended", why, attempt=event.attempt)
