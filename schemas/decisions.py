@@ -69,6 +69,12 @@ class Assignment(EventEnvelope):
         description="The task's governance tags (e.g. data_region=eu): the executor "
         "refuses the attempt unless its node carries each as an equal label.",
     )
+    sequence: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        description="Number of this assignment among those the scheduler made to the node "
+        "(1, 2, ...): its heartbeats report the highest one consumed (`assignments_seen`).",
+    )
 
     @field_validator("gpu_indices")
     @classmethod

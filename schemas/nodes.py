@@ -52,8 +52,22 @@ class NodeHeartbeat(EventEnvelope):
     running: tuple[RunningAttempt, ...] = Field(default=(), max_length=MAX_LIST_ITEMS)
     labels: Labels = Field(default_factory=dict, description="Node labels, e.g. data_region.")
     sequence: StrictInt = Field(ge=0, description="Per-executor heartbeat counter.")
+    ended: tuple[RunningAttempt, ...] = Field(
+        default=(),
+        max_length=MAX_LIST_ITEMS,
+        description="Attempts that ended here recently (their terminal event is "
+        "acknowledged on sched.tasks.events, which a reader may not have read yet): not "
+        "running, but not lost either.",
+    )
+    assignments_seen: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        description="The highest assignment `sequence` this node has consumed from its "
+        "assignment partition (across restarts; null: unknown). An attempt assigned with a "
+        "higher sequence is on its way, not lost.",
+    )
 
-    @field_validator("running")
+    @field_validator("running", "ended")
     @classmethod
     def _distinct_attempts(cls, running: tuple[RunningAttempt, ...]) -> tuple[RunningAttempt, ...]:
         seen: set[tuple[str, int]] = set()
