@@ -18,6 +18,11 @@ Wire contract (see :mod:`streamsched.agents.partitioning`):
   allow-list (``streamsched executor --allow-exec``) the resolved ``argv[0]`` must be on
   it. A refused attempt runs nothing: it is reported as a non-retryable ``task.failed``
   naming the reason, logged, and counted in ``streamsched_executor_refusals_total``.
+- Records are read in batches (one poll, then whatever else is already fetched). An
+  assignment followed in the same batch by a ``cancel`` of the same attempt is not started
+  at all (a restarted executor catching up reads an old assignment and its cancellation
+  together); the cancel then finds it not running here, and nothing is reported, as for
+  any cancel of an attempt this executor does not run.
 - A record that is neither is logged (topic, partition, offset and the reason) and
   skipped; it never stops the agent.
 - Every lifecycle event the runner reports goes to ``sched.tasks.events``, key = task id,
@@ -36,6 +41,13 @@ Wire contract (see :mod:`streamsched.agents.partitioning`):
   ``heartbeat_interval_s``. ``running`` lists the runner's attempts; ``usage.gpus`` counts
   the distinct GPUs they use; CPU and memory usage are reported as 0 (assignments do not
   carry them yet).
+  ``ended`` lists the attempts whose terminal event the broker acknowledged in the last
+  :data:`ENDED_MEMORY_S` seconds (at most ``MAX_LIST_ITEMS``, the most recent), so a
+  reader of heartbeats that has not read that event yet does not take the attempt for
+  lost; an attempt is in ``ended`` before it leaves ``running``.
+  ``assignments_seen`` is the highest ``Assignment.sequence`` consumed from the partition
+  (run, duplicate, refused or cancelled in its batch), journaled so that it survives a
+  restart; None until one is known. An attempt whose sequence is higher is on its way.
 - Metrics (:mod:`streamsched.metrics`, served by ``streamsched executor --metrics-port``):
   assigned-to-started latency, attempt outcomes, running attempts, heartbeats sent, and
   the consumer's lag and records read (``component="executor"``).
@@ -46,7 +58,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,7 +87,7 @@ from streamsched.schemas.errors import InvalidEvent
 from streamsched.schemas.hardware import assignment_topic
 from streamsched.schemas.nodes import NodeHeartbeat
 from streamsched.schemas.topics import NODE_HEARTBEATS, TASK_EVENTS
-from streamsched.schemas.types import CONTEXT_KNOWN_HARDWARE
+from streamsched.schemas.types import CONTEXT_KNOWN_HARDWARE, MAX_LIST_ITEMS
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +104,59 @@ DELIVERY_TIMEOUT_S = 30.0
 LAG_INTERVAL_S = 5.0
 #: The ``component`` label of this agent's metrics.
 COMPONENT = "executor"
+#: Most records handled per batch (one poll, then what is already fetched).
+BATCH_SIZE = 500
+#: How long (monotonic seconds) an attempt stays in the heartbeats' ``ended`` list after
+#: the broker acknowledged its terminal event: far longer than a heartbeat reader's
+#: reconciliation grace, so the reader has read the event before the attempt leaves.
+ENDED_MEMORY_S = 120.0
 #: Event types that are not the end of an attempt.
 _NON_TERMINAL = ("task.started", "task.progress")
 
 
 class ReportError(RuntimeError):
     """A lifecycle event could not be delivered to ``sched.tasks.events``."""
+
+
+class EndedAttempts:
+    """Attempts whose terminal event was acknowledged in the last ``memory_s`` seconds of
+    ``clock`` (monotonic), at most ``limit`` of them (the most recent are kept): the
+    heartbeats' ``ended`` list. Thread-safe."""
+
+    def __init__(
+        self,
+        memory_s: float = ENDED_MEMORY_S,
+        limit: int = MAX_LIST_ITEMS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not memory_s > 0 or limit < 1:
+            raise ValueError(f"need a positive memory and limit, got {memory_s} and {limit}")
+        self.memory_s = memory_s
+        self.limit = limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._ended: OrderedDict[AttemptKey, float] = OrderedDict()
+
+    def add(self, key: AttemptKey) -> None:
+        """Remember that ``key`` ended now (again: its time is renewed)."""
+        with self._lock:
+            self._ended[key] = self._clock()
+            self._ended.move_to_end(key)
+            self._forget()
+
+    def recent(self) -> list[AttemptKey]:
+        """The attempts remembered, oldest first."""
+        with self._lock:
+            self._forget()
+            return list(self._ended)
+
+    def _forget(self) -> None:
+        """Drop what expired or exceeds the limit. Call with the lock held."""
+        horizon = self._clock() - self.memory_s
+        while self._ended and (
+            len(self._ended) > self.limit or next(iter(self._ended.values())) <= horizon
+        ):
+            self._ended.popitem(last=False)
 
 
 def _utc_now() -> datetime:
@@ -156,6 +216,7 @@ class ExecutorAgent:
         self._producer: Producer | None = None
         self._assignments: dict[AttemptKey, Assignment] = {}
         self._sequence = 0
+        self.ended = EndedAttempts()
         self._heartbeat(0, [])  # validates node id, hardware, capacity and labels now
         if runner is None:
             runner = AttemptRunner(
@@ -168,7 +229,23 @@ class ExecutorAgent:
             )
             runner.open_journal(journal_path(log_dir, node.node_id))
         self.runner = runner
+        self._assignments_seen: int | None = None
+        self._load_assignments_seen()
         self._lag_due = 0.0
+
+    def _load_assignments_seen(self) -> None:
+        """Take the highest assignment sequence the journal kept from a previous run."""
+        journal = self.runner.journal
+        seen = None if journal is None else journal.assignments_seen
+        if seen is not None:
+            with self._lock:
+                self._assignments_seen = max(seen, self._assignments_seen or 0)
+
+    @property
+    def assignments_seen(self) -> int | None:
+        """The highest ``Assignment.sequence`` consumed (across restarts), None if unknown."""
+        with self._lock:
+            return self._assignments_seen
 
     def close(self) -> None:
         """Release the journal without running (:meth:`run` does this when it returns)."""
@@ -217,6 +294,7 @@ class ExecutorAgent:
             target=self._heartbeats, args=(beats_stop,), name="heartbeats", daemon=True
         )
         try:
+            self._load_assignments_seen()  # a runner passed in may have opened it late
             lost = self.runner.recover()
             if lost:
                 logger.warning("reported %d attempt(s) of a previous run as lost", len(lost))
@@ -235,12 +313,8 @@ class ExecutorAgent:
                 msg = consumer.poll(POLL_TIMEOUT_S)
                 if msg is None:
                     continue
-                if msg.error() is not None:
-                    self._consumer_error(msg)
-                    continue
-                metrics.EVENTS_CONSUMED.labels(COMPONENT, self.topic).inc()
-                self._handle(msg)
-                self._commit(consumer, msg)
+                batch = [msg, *consumer.consume(num_messages=BATCH_SIZE - 1, timeout=0)]
+                self._handle_batch(consumer, batch)
         finally:
             beats_stop.set()
             if beats.is_alive():
@@ -284,23 +358,50 @@ class ExecutorAgent:
         offset = position.offset if position.offset >= 0 else low
         metrics.set_consumer_lag(COMPONENT, [(self.topic, high - offset)])
 
-    def _handle(self, msg: Message) -> None:
-        """Start the attempt of one record, or log why it is skipped."""
-        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    def _handle_batch(self, consumer: Consumer, batch: list[Message]) -> None:
+        """Handle each record of a batch in order, committing its offset after it."""
+        records: list[tuple[Message, object]] = []
+        for msg in batch:
+            if msg.error() is not None:
+                self._consumer_error(msg)
+                continue
+            metrics.EVENTS_CONSUMED.labels(COMPONENT, self.topic).inc()
+            records.append((msg, self._decode(msg)))
+        # Attempts cancelled by a record later in this batch, per record index.
+        cancelled_later: list[frozenset[AttemptKey]] = []
+        later: set[AttemptKey] = set()
+        for _, record in reversed(records):
+            cancelled_later.append(frozenset(later))
+            if isinstance(record, StopAttempt) and record.mode == "cancel":
+                later.add((record.task_id, record.attempt))
+        cancelled_later.reverse()
+        for (msg, record), cancelled in zip(records, cancelled_later, strict=True):
+            if record is not None:
+                self._handle(record, _where(msg), cancelled)
+            self._commit(consumer, msg)
+
+    def _decode(self, msg: Message) -> object:
+        """The record of a message for this node, or None (another node's, or invalid:
+        logged)."""
         if msg.key() != self._key:
-            return  # another node's assignment in the shared partition
+            return None  # another node's assignment in the shared partition
         try:
-            record = codec.decode(msg.value() or b"", known_hardware=(self.node.hardware,))
+            return codec.decode(msg.value() or b"", known_hardware=(self.node.hardware,))
         except InvalidEvent as exc:
-            logger.error("skipping invalid record at %s: %s", where, exc)
-            return
+            logger.error("skipping invalid record at %s: %s", _where(msg), exc)
+            return None
+
+    def _handle(
+        self, record: object, where: str, cancelled: frozenset[AttemptKey] = frozenset()
+    ) -> None:
+        """Start the attempt of one decoded record (unless it is in ``cancelled``), stop
+        one, or log why the record is skipped."""
         if isinstance(record, StopAttempt):
             self._stop(record, where)
             return
         if not isinstance(record, Assignment):
-            logger.error(
-                "skipping %s at %s: not an assignment or a stop command", record.type, where
-            )
+            kind = getattr(record, "type", type(record).__name__)
+            logger.error("skipping %s at %s: not an assignment or a stop command", kind, where)
             return
         assignment = record
         if assignment.node_id != self.node.node_id:
@@ -311,7 +412,21 @@ class ExecutorAgent:
                 assignment.node_id,
             )
             return
+        try:
+            self._start(assignment, where, cancelled)
+        finally:
+            # Only now, with the attempt running (or its end acknowledged and in `ended`),
+            # does its sequence count as seen: a heartbeat never reports a sequence whose
+            # attempt is in neither list unless the attempt really is gone.
+            self._saw_assignment(assignment.sequence)
+
+    def _start(self, assignment: Assignment, where: str, cancelled: frozenset[AttemptKey]) -> None:
         key = (assignment.task_id, assignment.attempt)
+        if key in cancelled:
+            logger.info(
+                "not starting %s attempt %d at %s: cancelled later in the same batch", *key, where
+            )
+            return
         with self._lock:
             self._assignments.setdefault(key, assignment)
         try:
@@ -330,6 +445,20 @@ class ExecutorAgent:
             self.runner.start(assignment, replay_runtime_s=runtime_s, speedup=self.replay_speedup)
         except Exception:
             logger.exception("could not start %s attempt %d (%s)", *key, where)
+
+    def _saw_assignment(self, sequence: int | None) -> None:
+        """Raise ``assignments_seen`` to ``sequence`` (journaled first, so that a restarted
+        executor never reports less)."""
+        if sequence is None:
+            return
+        with self._lock:
+            if self._assignments_seen is not None and sequence <= self._assignments_seen:
+                return
+        journal = self.runner.journal
+        if journal is not None:
+            journal.saw_assignment(sequence)
+        with self._lock:
+            self._assignments_seen = max(sequence, self._assignments_seen or 0)
 
     def _refuse(self, assignment: Assignment, refusal: Refusal, where: str) -> None:
         """Report a refused attempt as a non-retryable failure; log and count it once
@@ -394,6 +523,12 @@ class ExecutorAgent:
                 f"{event.type} of {event.task_id} attempt {event.attempt} was not delivered "
                 f"to {TASK_EVENTS}"
             )
+        if terminal:
+            # Acknowledged: the attempt is `ended` from now on. The runner removes it from
+            # its running set only after this returns (AttemptRunner._run_attempt), and
+            # heartbeat() reads `running` before `ended`, so no heartbeat shows an attempt
+            # in neither list while its terminal event may still be unread.
+            self.ended.add((event.task_id, event.attempt))
 
     def _record_metrics(self, event: LifecycleEvent, terminal: bool) -> None:
         hardware = self.node.hardware
@@ -450,9 +585,21 @@ class ExecutorAgent:
         with self._lock:
             sequence = self._sequence
             self._sequence += 1
-        return self._heartbeat(sequence, self.runner.running())
+            seen = self._assignments_seen
+        # `running` first, `ended` second: an attempt enters `ended` before it leaves
+        # `running`, so one missing from this `running` is in the later `ended` read.
+        running = self.runner.running()
+        still_running = set(running)
+        ended = [key for key in self.ended.recent() if key not in still_running]
+        return self._heartbeat(sequence, running, ended[-MAX_LIST_ITEMS:], seen)
 
-    def _heartbeat(self, sequence: int, running: list[AttemptKey]) -> NodeHeartbeat:
+    def _heartbeat(
+        self,
+        sequence: int,
+        running: list[AttemptKey],
+        ended: list[AttemptKey] | None = None,
+        assignments_seen: int | None = None,
+    ) -> NodeHeartbeat:
         with self._lock:
             gpus = {
                 index
@@ -476,6 +623,8 @@ class ExecutorAgent:
                 "running": [{"task_id": t, "attempt": a} for t, a in running],
                 "labels": dict(node.labels),
                 "sequence": sequence,
+                "ended": [{"task_id": t, "attempt": a} for t, a in ended or ()],
+                "assignments_seen": assignments_seen,
             },
             context={CONTEXT_KNOWN_HARDWARE: frozenset({node.hardware})},
         )
@@ -494,6 +643,10 @@ class ExecutorAgent:
                 return
 
 
+def _where(msg: Message) -> str:
+    return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+
+
 class _Delivery:
     """A delivery callback that logs a failure and records the outcome of one record."""
 
@@ -508,4 +661,10 @@ class _Delivery:
         self.done.set()
 
 
-__all__ = ["EVENT_TOPIC_PARTITIONS", "ExecutorAgent", "ReportError"]
+__all__ = [
+    "ENDED_MEMORY_S",
+    "EVENT_TOPIC_PARTITIONS",
+    "EndedAttempts",
+    "ExecutorAgent",
+    "ReportError",
+]

@@ -14,16 +14,20 @@ each (a crash can tear at most the last line)::
     {"v": 1, "event": "process", "task_id": "t1", "attempt": 2, "pid": 4242,
      "pid_start": 81234, "boot_id": "6c1f..."}
     {"v": 1, "event": "ended", "task_id": "t1", "attempt": 2, "outcome": "completed"}
+    {"v": 1, "event": "assignments_seen", "sequence": 17}
 
 ``started`` is written before the attempt's process is spawned, ``process`` once it runs
 (``pid_start`` is the kernel's start time of that pid, so a reused pid is never mistaken
 for the task), ``ended`` once the attempt's terminal event was handed over for good.
-An attempt with ``started`` but no ``ended`` is *unfinished*.
+An attempt with ``started`` but no ``ended`` is *unfinished*. ``assignments_seen`` records
+a new highest ``Assignment.sequence`` consumed (the heartbeats' ``assignments_seen``); the
+highest of these lines counts, so a restarted executor reports what it had consumed before.
 
 On open the journal is read (a line that is not such an object is logged as
 ``<file>:<line>: skipping corrupt journal line (...)`` and skipped, never fatal) and then
 rewritten atomically (temporary file, ``fsync``, ``rename``) holding only the unfinished
-attempts and the last ``keep_ended`` ended ones, which also drops a torn last line. It is
+attempts, the last ``keep_ended`` ended ones and the highest assignment sequence, which
+also drops a torn last line. It is
 compacted the same way whenever it grows past ``4 * keep_ended`` lines.
 
 One journal belongs to one running executor: :class:`AttemptJournal` holds an exclusive
@@ -52,7 +56,7 @@ AttemptKey: TypeAlias = tuple[str, int]
 JOURNAL_VERSION = 1
 #: Ended attempts kept by compaction (to recognise redelivered assignments).
 KEEP_ENDED = 10_000
-_EVENTS = ("started", "process", "ended")
+_EVENTS = ("started", "process", "ended", "assignments_seen")
 
 
 class JournalBusyError(ValueError):
@@ -105,6 +109,7 @@ class AttemptJournal:
         self._lock = threading.Lock()
         self._unfinished: dict[AttemptKey, JournalEntry] = {}
         self._ended: OrderedDict[AttemptKey, str] = OrderedDict()
+        self._assignments_seen: int | None = None
         self._lines = 0
         self._fd: int | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,28 @@ class AttemptJournal:
         with self._lock:
             return list(self._ended)
 
+    @property
+    def assignments_seen(self) -> int | None:
+        """The highest assignment sequence recorded (by this run or an earlier one), None
+        if none was."""
+        with self._lock:
+            return self._assignments_seen
+
     # ------------------------------------------------------------------ writing
+
+    def saw_assignment(self, sequence: int) -> bool:
+        """Record that an assignment with ``sequence`` was consumed; only a sequence higher
+        than :attr:`assignments_seen` is written. False when the write failed."""
+        if sequence < 0:
+            raise ValueError(f"an assignment sequence is not negative, got {sequence}")
+        with self._lock:
+            if self._assignments_seen is not None and sequence <= self._assignments_seen:
+                return True
+            self._assignments_seen = sequence
+            ok = self._append({"event": "assignments_seen", "sequence": sequence})
+            if ok:
+                self._compact_if_long()
+            return ok
 
     def started(self, entry: JournalEntry) -> bool:
         """Record that an attempt is about to start (before its process is spawned)."""
@@ -159,11 +185,8 @@ class AttemptJournal:
             ok = self._append(
                 {"event": "ended", "task_id": key[0], "attempt": key[1], "outcome": outcome}
             )
-            if ok and self._lines > 4 * self.keep_ended:
-                try:
-                    self._compact()
-                except OSError as exc:
-                    logger.error("journal %s: compaction failed: %s", self.path, exc)
+            if ok:
+                self._compact_if_long()
             return ok
 
     def close(self) -> None:
@@ -193,6 +216,16 @@ class AttemptJournal:
         self._lines += 1
         return True
 
+    def _compact_if_long(self) -> None:
+        """Compact once the file grew past ``4 * keep_ended`` lines. Call with the lock
+        held."""
+        if self._lines <= 4 * self.keep_ended:
+            return
+        try:
+            self._compact()
+        except OSError as exc:
+            logger.error("journal %s: compaction failed: %s", self.path, exc)
+
     def _remember_ended(self, key: AttemptKey, outcome: str) -> None:
         self._ended[key] = outcome
         self._ended.move_to_end(key)
@@ -214,8 +247,11 @@ class AttemptJournal:
                 logger.warning("%s:%d: skipping corrupt journal line (%s)", self.path, number, exc)
 
     def _apply(self, record: dict[str, Any]) -> None:
-        key: AttemptKey = (record["task_id"], record["attempt"])
         event = record["event"]
+        if event == "assignments_seen":
+            self._assignments_seen = max(record["sequence"], self._assignments_seen or 0)
+            return
+        key: AttemptKey = (record["task_id"], record["attempt"])
         if event == "started":
             self._ended.pop(key, None)
             self._unfinished[key] = JournalEntry(**_fields(record, _STARTED_FIELDS))
@@ -232,7 +268,10 @@ class AttemptJournal:
     def _compact(self) -> None:
         """Rewrite the file atomically with the current state. Call with the lock held
         (or from ``__init__``)."""
-        lines = [
+        lines: list[dict[str, Any]] = []
+        if self._assignments_seen is not None:
+            lines.append({"event": "assignments_seen", "sequence": self._assignments_seen})
+        lines += [
             {"event": "ended", "task_id": k[0], "attempt": k[1], "outcome": outcome}
             for k, outcome in self._ended.items()
         ]
@@ -277,11 +316,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "pid_start": (int, type(None)),
     "boot_id": (str, type(None)),
     "outcome": (str,),
+    "sequence": (int,),
 }
 _REQUIRED = {
     "started": ("task_id", "attempt"),
     "process": ("task_id", "attempt", "pid"),
     "ended": ("task_id", "attempt"),
+    "assignments_seen": ("sequence",),
 }
 
 
@@ -303,6 +344,10 @@ def _parse_line(line: bytes) -> dict[str, Any]:
         value = record.get(name)
         if name in record and (not isinstance(value, kinds) or isinstance(value, bool)):
             raise CorruptLineError(f"{name} is {value!r}")
+    if event == "assignments_seen":
+        if record["sequence"] < 0:
+            raise CorruptLineError(f"sequence is {record['sequence']!r}")
+        return record
     if record["attempt"] < 1 or not record["task_id"]:
         raise CorruptLineError(f"no such attempt: {record['task_id']!r} {record['attempt']}")
     return record

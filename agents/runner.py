@@ -159,6 +159,7 @@ class _Attempt:
     reported: float | None = None  # last whole-task progress reported
     reported_s: float = -math.inf  # monotonic time of that report
     bad_progress: str | None = None  # last garbage seen in the progress file
+    ending: bool = False  # its terminal event is built (being reported): no more stops
 
     @property
     def key(self) -> AttemptKey:
@@ -424,7 +425,8 @@ class AttemptRunner:
         return self._stop((task_id, attempt), "cancel", reason)
 
     def running(self) -> list[AttemptKey]:
-        """The attempts running here (stopping ones included), for heartbeats."""
+        """The attempts running here, for heartbeats: stopping ones included, and ended
+        ones until their terminal event was reported (delivered or given up on)."""
         with self._lock:
             return sorted(self._attempts)
 
@@ -556,7 +558,15 @@ class AttemptRunner:
         elapsed_s = (time.monotonic() - record.started_s) * record.speedup
         if record.stop_reason == "shutdown":
             self._report_progress(record, force=True)
-        self._emit_terminal(record.key, self._finish(record, exit_code, elapsed_s))
+        # The attempt leaves the running set only once its terminal event was reported:
+        # the report callback (ExecutorAgent.report) returns after the broker acknowledged
+        # it and lists the attempt as ended first, so heartbeats show it running or ended
+        # at every moment, never neither, while the event may still be unread.
+        try:
+            self._emit_terminal(record.key, self._finish(record, exit_code, elapsed_s))
+        finally:
+            with self._lock:
+                self._attempts.pop(record.key, None)
 
     def _replay(self, record: _Attempt) -> None:
         """Wait out a replay attempt, reporting progress every ``progress_interval_s`` (and
@@ -667,10 +677,11 @@ class AttemptRunner:
         return process.wait()
 
     def _finish(self, record: _Attempt, exit_code: int, runtime_s: float) -> LifecycleEvent:
-        """Forget the attempt and build its single terminal event."""
+        """Mark the attempt finished (it stays in the running set until its terminal
+        event is reported) and build that single event."""
         key = record.key
         with self._lock:
-            self._attempts.pop(key, None)
+            record.ending = True
             self._remember_finished(key)
             reason, detail = record.stop_reason, record.stop_detail
             progress = record.whole_progress()
@@ -696,8 +707,8 @@ class AttemptRunner:
         """Record why the attempt stops (the first reason wins) and signal it."""
         with self._lock:
             record = self._attempts.get(key)
-            if record is None:
-                return False
+            if record is None or record.ending:
+                return False  # not running here (any more: its end is being reported)
             if record.stop_reason is not None:
                 return True  # already stopping
             record.stop_reason, record.stop_detail = reason, detail
