@@ -157,6 +157,66 @@ def test_compaction_keeps_the_unfinished_and_the_last_ended(path: Path) -> None:
         reopened.close()
 
 
+def test_assignments_seen_survives_a_reopen_and_only_grows(path: Path) -> None:
+    journal = AttemptJournal(path)
+    try:
+        assert journal.assignments_seen is None
+        assert journal.saw_assignment(4)
+        assert journal.saw_assignment(2)  # lower: nothing written
+        assert journal.saw_assignment(9)
+        assert journal.assignments_seen == 9
+        assert [r["sequence"] for r in lines(path)] == [4, 9]
+    finally:
+        journal.close()
+    reopened = AttemptJournal(path)
+    try:
+        assert reopened.assignments_seen == 9
+        assert lines(reopened.path) == [{"v": 1, "event": "assignments_seen", "sequence": 9}]
+        with pytest.raises(ValueError, match="not negative"):
+            reopened.saw_assignment(-1)
+    finally:
+        reopened.close()
+
+
+def test_compaction_keeps_assignments_seen(path: Path) -> None:
+    journal = AttemptJournal(path, keep_ended=2)
+    try:
+        journal.saw_assignment(3)
+        for attempt in range(1, 11):  # ended lines alone trigger compaction
+            journal.started(entry("done", attempt))
+            journal.ended(("done", attempt), "completed")
+        assert {"v": 1, "event": "assignments_seen", "sequence": 3} in lines(path)
+        for sequence in range(4, 30):  # so do sequence lines
+            journal.saw_assignment(sequence)
+        assert len(lines(path)) <= 4 * 2 + 1
+    finally:
+        journal.close()
+    reopened = AttemptJournal(path, keep_ended=2)
+    try:
+        assert reopened.assignments_seen == 29
+        assert reopened.ended_keys() == [("done", 9), ("done", 10)]
+    finally:
+        reopened.close()
+
+
+def test_a_corrupt_sequence_line_is_skipped(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    records = [
+        {"v": 1, "event": "assignments_seen", "sequence": 5},
+        {"v": 1, "event": "assignments_seen", "sequence": "6"},
+        {"v": 1, "event": "assignments_seen"},
+        {"v": 1, "event": "assignments_seen", "sequence": -2},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with caplog.at_level(logging.WARNING):
+        journal = AttemptJournal(path)
+    try:
+        assert journal.assignments_seen == 5
+    finally:
+        journal.close()
+    skipped = [r.getMessage() for r in caplog.records if "skipping corrupt" in r.getMessage()]
+    assert [m.split(":")[1] for m in skipped] == ["2", "3", "4"]
+
+
 def test_one_executor_per_journal(journal: AttemptJournal, path: Path) -> None:
     code = (
         "import sys\n"
