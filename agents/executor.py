@@ -542,7 +542,9 @@ class ExecutorAgent:
             metrics.ASSIGNED_TO_STARTED.labels(hardware).observe(max(0.0, waited))
         if terminal:
             metrics.ATTEMPTS.labels(event.type.removeprefix("task."), hardware).inc()
-        metrics.EXECUTOR_RUNNING.labels(hardware).set(len(self.runner.running()))
+        # An ending attempt stays in the runner's running set until this report returns.
+        running = [k for k in self.runner.running() if not (terminal and k == key)]
+        metrics.EXECUTOR_RUNNING.labels(hardware).set(len(running))
 
     def _produce(
         self, topic: str, key: str, value: bytes, event_type: str, wait: bool = False

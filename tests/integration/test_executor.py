@@ -547,3 +547,74 @@ def test_cli_refuses_a_second_executor_on_the_same_journal(
     assert "Traceback" not in stderr
     (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
     assert "another executor process holds this attempt journal" in line
+
+
+# ---------------------------------------------------------------------- reconciliation aids
+
+
+def _beats(reader: TopicReader, node_id: str) -> list[NodeHeartbeat]:
+    return [e for e in reader.events(NodeHeartbeat) if e.node_id == node_id]
+
+
+def test_heartbeats_list_the_ended_attempt_and_the_sequence_seen_across_a_restart(
+    config: dict[str, Any], task_events: TopicReader, tmp_path: Path
+) -> None:
+    node_id, task_id = _uid("node"), _uid("task")
+    job = _assignment(node_id, task_id).model_copy(update={"sequence": 3})
+    beats = TopicReader(config, topics.NODE_HEARTBEATS, timeout_s=WAIT_S)
+    try:
+        with running_agent(config, node_id, tmp_path):
+            _produce(config, node_id, codec.encode(job))
+            task_events.wait_events(_finished(task_id))
+            beats.wait_events(
+                lambda _: any(
+                    [(r.task_id, r.attempt) for r in b.ended] == [(task_id, 1)]
+                    for b in _beats(beats, node_id)
+                )
+            )
+        with running_agent(config, node_id, tmp_path):  # same log dir: same journal
+            beats.wait_events(
+                lambda _: len([b for b in _beats(beats, node_id) if b.sequence == 0]) == 2
+            )
+    finally:
+        beats.close()
+    first_run = _beats(beats, node_id)
+    first, restarted = [b for b in first_run if b.sequence == 0]
+    assert first.assignments_seen is None  # nothing consumed yet, no journal before
+    ended = next(b for b in first_run if b.ended)
+    assert ended.running == ()
+    assert ended.assignments_seen == 3
+    # Once listed (running or ended), the attempt stays listed in the first run's beats.
+    key = [(task_id, 1)]
+    listed = [
+        [(r.task_id, r.attempt) for r in (*b.running, *b.ended)] == key
+        for b in first_run[: first_run.index(restarted)]
+    ]
+    assert listed[listed.index(True) :] == [True] * (len(listed) - listed.index(True))
+    assert restarted.assignments_seen == 3  # from the journal, before anything new
+    assert len(_of(task_events.events(), TaskStarted, task_id)) == 1
+
+
+def test_an_assignment_and_its_cancel_read_together_never_start(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    node_id, task_id = _uid("node"), _uid("task")
+    job = _assignment(node_id, task_id, "import time; time.sleep(60)")
+    producer = Producer({**config, "linger.ms": 200})  # one record batch, read at once
+    partition = partition_for(node_id, ASSIGNMENT_PARTITIONS)
+    for value in (
+        codec.encode(job.model_copy(update={"sequence": 1})),
+        _stop(node_id, task_id, attempt=1, mode="cancel"),
+    ):
+        producer.produce(TOPIC, value, key=node_id.encode(), partition=partition)
+    assert producer.flush(10) == 0
+    beats = TopicReader(config, topics.NODE_HEARTBEATS, timeout_s=WAIT_S)
+    try:
+        with running_agent(config, node_id, tmp_path) as agent:
+            beats.wait_events(
+                lambda _: any(b.assignments_seen == 1 for b in _beats(beats, node_id))
+            )
+            assert agent.runner.running() == []
+    finally:
+        beats.close()
+    assert not (tmp_path / f"{task_id}.1.log").exists()
