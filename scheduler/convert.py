@@ -235,6 +235,8 @@ def core_event_from_wire(
                 node_spec_from_heartbeat(event),
                 running=running_from_heartbeat(event),
                 reported_at_s=core_time(event.occurred_at),
+                ended=frozenset((item.task_id, item.attempt) for item in event.ended),
+                assignments_seen=event.assignments_seen,
             )
         case wire.TaskStarted():
             return core.TaskStarted(sid, event.task_id, event.attempt, event.node_id)
@@ -421,6 +423,7 @@ def assignment_to_wire(
         tenant=submission.tenant,
         task_type=submission.task_type,
         governance=dict(submission.governance),
+        sequence=ins.sequence,
     )
 
 

@@ -63,6 +63,11 @@ if TYPE_CHECKING:
 
 S = TaskState
 
+#: Heartbeat reconciliation: an attempt whose assignment the node has not consumed yet
+#: (``NodeUp.assignments_seen``) is on its way, not lost, for up to this many grace
+#: periods (then the node's consumer is taken to be stuck).
+UNREAD_ASSIGNMENT_GRACES = 30
+
 #: A re-queued attempt resumes at most from here, so it always has some work to do.
 MAX_RESUME_PROGRESS = 0.999
 #: States in which a task counts against ``CoreConfig.max_queued_per_tenant``.
@@ -100,6 +105,11 @@ class CoreConfig:
     #: (or is refused). None: reject it at once (the simulator, whose arrivals are in
     #: order).
     unknown_upstream_grace_s: float | None = None
+    #: When a node is lost, also send it a ``StopAttempt(cancel)`` for each attempt it
+    #: held (they are re-queued): a node that was only cut off, or an executor that
+    #: restarts and reads its old assignments, stops (or never starts) them instead of
+    #: running them a second time. False in the simulator (no executors).
+    stop_attempts_of_lost_nodes: bool = True
     # --- retries (see docs/policies.md, "Retries, admission and circuit breakers")
     #: A retryable failure with retries left re-enters the ready queue only after a
     #: backoff: ``retry_backoff_s * 2**(retry - 1)`` seconds (retry 1 is the first), at
@@ -227,6 +237,9 @@ class TaskRecord:
     last_listed_at: float | None = None
     #: When the core asked the node to stop the current attempt (preemption), if it did.
     stop_requested_at: float | None = None
+    #: The node's sequence number of the current attempt's assignment (see
+    #: ``SchedulerCore.next_assignment``).
+    assign_seq: int | None = None
     #: Nodes its failed attempts ran on, in order of first failure (bounded by
     #: ``CoreConfig.max_distinct_failed_nodes``).
     failed_nodes: tuple[str, ...] = ()
@@ -280,6 +293,8 @@ class SchedulerCore:
         self.fragmentation_cache = FragmentationCache()
         self.decisions = 0
         self.last_seen: dict[str, float] = {}
+        #: Per node, the sequence number of the latest assignment made to it.
+        self.assignments_to: dict[str, int] = {}
         #: Queued task ids by task type, to re-key them when learning changes predictions.
         self.queued_by_type: dict[str, dict[str, None]] = {}
         #: Types whose queued tasks await re-keying (bounded work per call, see handle).
@@ -738,11 +753,17 @@ class SchedulerCore:
             self.row_next_end[row] = math.inf
         if ev.running is not None and self.config.reconcile_grace_s is not None:
             seen = now if ev.reported_at_s is None else min(now, ev.reported_at_s)
-            self._reconcile(ev.node.node_id, row, ev.running, seen, now)
+            self._reconcile(ev, row, seen, now)
 
-    def _reconcile(
-        self, node_id: str, row: int, running: frozenset[tuple[str, int]], seen: float, now: float
-    ) -> None:
+    def next_assignment(self, rec: TaskRecord, node_id: str) -> int:
+        """Number the assignment of ``rec``'s current attempt to ``node_id`` (1, 2, ... per
+        node) and remember it on the task."""
+        seq = self.assignments_to.get(node_id, 0) + 1
+        self.assignments_to[node_id] = seq
+        rec.assign_seq = seq
+        return seq
+
+    def _reconcile(self, ev: NodeUp, row: int, seen: float, now: float) -> None:
         """Compare what node ``node_id`` reports it runs (as of ``seen``) with the core's
         view. An attempt placed there but not listed for more than ``reconcile_grace_s``
         is lost (:meth:`_lose`); a listed attempt the core considers stale gets a
@@ -750,16 +771,30 @@ class SchedulerCore:
         heartbeat finds nothing new to lose and repeats no stop within the grace period."""
         grace = self.config.reconcile_grace_s
         assert grace is not None
+        node_id = ev.node.node_id
+        running = ev.running
+        assert running is not None
         for tid in sorted(self.on_row.get(row, ())):
             rec = self.tasks[tid]
             if (tid, rec.attempt) in running:
                 last = rec.last_listed_at
                 rec.last_listed_at = seen if last is None else max(last, seen)
                 continue
+            if (tid, rec.attempt) in ev.ended:
+                continue  # finished there: its terminal event is on its way
             marks = (rec.assigned_at, rec.last_listed_at, rec.stop_requested_at)
             since = max(t for t in marks if t is not None)
+            unread = (
+                ev.assignments_seen is not None
+                and rec.assign_seq is not None
+                and ev.assignments_seen < rec.assign_seq
+            )
+            if unread and seen - since <= UNREAD_ASSIGNMENT_GRACES * grace:
+                continue  # the node has not consumed the assignment yet: on its way
             if seen - since > grace:
                 absent = f"not listed by its heartbeats for {seen - since:.0f} s"
+                if unread:
+                    absent += f", its assignment {rec.assign_seq} never consumed"
                 self.node_risk.observe_attempt_end(node_id, "lost", now)
                 self._lose(
                     rec,
@@ -832,7 +867,11 @@ class SchedulerCore:
             return
         self.node_risk.observe_node_lost(ev.node_id, now)
         for tid in sorted(self.on_row.get(row, ())):
-            self._lose(self.tasks[tid], f"{ev.reason}: node {ev.node_id}", now, node_lost=True)
+            rec = self.tasks[tid]
+            if self.config.stop_attempts_of_lost_nodes:
+                why = f"{ev.reason}: node {ev.node_id} lost, attempt re-queued"
+                self.emit(StopAttempt(self._stimulus, tid, rec.attempt, ev.node_id, why))
+            self._lose(rec, f"{ev.reason}: node {ev.node_id}", now, node_lost=True)
         self.on_row.pop(row, None)
         self.occupancy_s[row] = 0.0
         self.row_next_end[row] = math.inf

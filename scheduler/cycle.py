@@ -399,6 +399,7 @@ class _Cycle:
                 predicted_runtime_s=runtime,
                 resume_progress=rec.progress,
                 decision=decision,
+                sequence=core.next_assignment(rec, c.node_ids[row]),
             )
         )
         core.check_deadline(rec, self.now, self.now + runtime)

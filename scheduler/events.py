@@ -33,12 +33,20 @@ class NodeUp(Stimulus):
     (:class:`TaskLost` semantics), and a listed attempt the core considers stale gets a
     ``StopAttempt``. ``reported_at_s`` is when the node made the report (core time, from
     its own clock), if known; reconciliation measures absences up to the earlier of it and
-    ``now``, so a delayed heartbeat never makes an attempt look missing for longer.
+    ``now``, so a delayed heartbeat never makes an attempt look missing for longer. An
+    attempt the node lists as ``ended``, or assigned after ``assignments_seen``, is not
+    missing.
     """
 
     node: NodeSpec
     running: frozenset[tuple[str, int]] | None = None
     reported_at_s: float | None = None
+    #: Attempts the node ended recently (their terminal events are on their way): not
+    #: running, not lost either.
+    ended: frozenset[tuple[str, int]] = frozenset()
+    #: The highest assignment sequence (``Assign.sequence``) the node has consumed, if it
+    #: says: an attempt assigned with a higher one has not reached it yet (on its way).
+    assignments_seen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

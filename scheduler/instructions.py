@@ -64,6 +64,9 @@ class Assign(Instruction):
     #: Fraction of the task's work already done by earlier attempts (checkpoint restart).
     resume_progress: float
     decision: Decision
+    #: Number of this assignment among those made to the node (1, 2, ...): the node's
+    #: heartbeats say up to which one it has consumed (``NodeUp.assignments_seen``).
+    sequence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

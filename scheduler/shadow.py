@@ -124,6 +124,7 @@ def fork(core: SchedulerCore, policy: Policy) -> SchedulerCore:
     f.preemptible_on_row = dict(core.preemptible_on_row)
     f.pending_preemptions = {tid: set(v) for tid, v in core.pending_preemptions.items()}
     f.waiting_by_tenant = dict(core.waiting_by_tenant)  # the fork's transitions count too
+    f.assignments_to = dict(core.assignments_to)  # numbering the fork's assignments
     f.rng = copy.deepcopy(core.rng)
     f.fragmentation_cache = FragmentationCache()
     f.decisions = 0

@@ -85,6 +85,7 @@ SIMULATION_CORE: dict[str, Any] = {
     "max_distinct_failed_nodes": None,
     "breaker_min_failures": None,
     "max_queued_per_tenant": None,
+    "stop_attempts_of_lost_nodes": False,
 }
 
 

@@ -167,22 +167,19 @@ class Processor:
             self._learn_hardware(raw)
         try:
             event = codec.decode(raw, now=_DECODE_NOW, known_hardware=self.known_hardware)
-        except InvalidEvent as exc:
-            if exc.field == "type" and topic == topics.DECISIONS:
-                return self._access_refused(raw, exc)
+        except InvalidEvent:
             raise
         except Exception as exc:  # anything else undecodable is bad input too
             raise InvalidEvent(None, PAYLOAD_FIELD, f"{type(exc).__name__}: {exc}") from None
+        if isinstance(event, AccessRefused):
+            if topic != topics.DECISIONS:
+                raise InvalidEvent(
+                    event.type, "type", f"access.refused belongs on {topics.DECISIONS}"
+                )
+            self.refusals_seen += 1
+            return event
         resolve_tenant(body_tenant_of(event), headers)
         return event
-
-    def _access_refused(self, raw: bytes, exc: InvalidEvent) -> AccessRefused:
-        try:
-            refused = codec.decode_as(AccessRefused, raw, now=_DECODE_NOW)
-        except InvalidEvent:
-            raise exc from None
-        self.refusals_seen += 1
-        return refused
 
     def _learn_hardware(self, raw: bytes) -> None:
         hardware = hardware_named_in(raw)

@@ -303,6 +303,11 @@ def _ended(st: TaskStatus, ev: TaskEnded) -> TaskStatus:
     cancelled before it ran, a task failed after too many lost attempts, a cancel that
     raced a completion). A repeat of the same verdict changes nothing."""
     state = TaskState(ev.state)
+    if ev.attempt > st.attempt and st.terminal and st.attempt_ended:
+        # The view settled on an earlier attempt's report (read before the decision that
+        # superseded it): the verdict names the attempt that counts, and the earlier
+        # outcome is recorded as stale after all.
+        return _ended(_superseded(st, ev), ev)
     if st.state == state and st.finished_at is not None:
         return st
     update: dict[str, Any] = {"state": state, "finished_at": ev.occurred_at}
@@ -313,6 +318,41 @@ def _ended(st: TaskStatus, ev: TaskEnded) -> TaskStatus:
     if ev.attempt >= st.attempt:
         update["attempt_ended"] = True
     return st.model_copy(update=update)
+
+
+#: The attempt event type behind each terminal state the view infers from one.
+_OUTCOME_TYPES: Final = {
+    TaskState.SUCCEEDED: "task.completed",
+    TaskState.FAILED: "task.failed",
+    TaskState.CANCELLED: "task.cancelled",
+}
+
+
+def _superseded(st: TaskStatus, ev: TaskEnded) -> TaskStatus:
+    """``st`` with its settled attempt recorded as stale and reopened at ``ev``'s attempt
+    (state, timings and outcome details cleared; the verdict fills them in)."""
+    record = StaleEvent(
+        event_id=f"{ev.event_id}.superseded",
+        type=_OUTCOME_TYPES.get(st.state, st.state.value),
+        attempt=st.attempt,
+        node_id=st.node or "",
+        occurred_at=st.finished_at or ev.occurred_at,
+        why=f"attempt {st.attempt} superseded by attempt {ev.attempt} (the scheduler's verdict)",
+    )
+    return st.model_copy(
+        update={
+            "state": TaskState.RUNNING,
+            "attempt": ev.attempt,
+            "attempt_ended": False,
+            "node": None,
+            "finished_at": None,
+            "actual_runtime_s": None,
+            "failure_reason": None,
+            "cancel_reason": None,
+            "stale_count": st.stale_count + 1,
+            "stale_events": (*st.stale_events, record)[-STALE_KEPT:],
+        }
+    )
 
 
 def _cancel_command(st: TaskStatus, ev: CancelTask) -> TaskStatus:
@@ -354,7 +394,12 @@ def _attempt_event(st: TaskStatus, ev: AttemptEvent) -> TaskStatus:
         # (sched.tasks.events): the verdict stands, the completion brings the runtime.
         assert isinstance(ev, TaskCompleted)
         return st.model_copy(
-            update={"actual_runtime_s": ev.runtime_s, "progress": 1.0, "attempt_ended": True}
+            update={
+                "actual_runtime_s": ev.runtime_s,
+                "progress": 1.0,
+                "attempt_ended": True,
+                "node": st.node or ev.node_id,
+            }
         )
     why = _stale_reason(st, ev)
     if why is not None:

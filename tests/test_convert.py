@@ -312,6 +312,9 @@ def test_heartbeat_maps_to_node_up_with_capacity() -> None:
 
 NON_STIMULI: list[wire_schemas.Event] = [
     wire_schemas.TaskCancelled(**ATTEMPT, reason="cancelled by user"),
+    wire_schemas.AccessRefused(
+        **WIRE, requested_by="ads", action="query", task_id="t-1", tenant="vision", reason="x"
+    ),
     wire_schemas.ModelDrift(
         **WIRE,
         model="river-linear+drift",

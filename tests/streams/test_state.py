@@ -268,6 +268,25 @@ def test_a_completion_that_arrives_after_the_verdict_still_brings_its_runtime() 
     assert again.actual_runtime_s == 42.0  # a second completion is stale
 
 
+def test_a_verdict_on_a_later_attempt_supersedes_an_outcome_the_view_settled_on() -> None:
+    """The executor of a lost attempt 1 reports its completion before the view has read
+    the decision placing attempt 2: the view settles on attempt 1 until the scheduler's
+    verdict names attempt 2; then attempt 1's outcome is recorded as stale."""
+    early = fold(submitted(), audit(), att(TaskCompleted, runtime_s=5.0))
+    assert (early.state, early.attempt) == (TaskState.SUCCEEDED, 1)
+    verdict = TaskEnded(**_env(), task_id="t1", state="succeeded", attempt=2, reason="done")
+    settled = fold(audit(2, "n2"), verdict, start=early)
+    assert (settled.state, settled.attempt, settled.actual_runtime_s) == (
+        TaskState.SUCCEEDED, 2, None,
+    )  # fmt: skip
+    (stale,) = settled.stale_events
+    assert (stale.type, stale.attempt, stale.node_id) == ("task.completed", 1, "n1")
+    assert "superseded by attempt 2" in stale.why
+    done = fold(att(TaskCompleted, 2, "n2", runtime_s=7.0), start=settled)
+    assert (done.actual_runtime_s, done.node, done.stale_count) == (7.0, "n2", 1)
+    assert fold(verdict, start=done) == done  # idempotent
+
+
 def test_only_the_owner_cancels_and_a_cancel_may_come_before_the_submission() -> None:
     by_owner = CancelTask(**_env(), task_id="t1", reason="not needed", requested_by="vision")
     by_other = CancelTask(**_env(), task_id="t1", reason="mine now", requested_by="ads")
