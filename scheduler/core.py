@@ -15,7 +15,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -147,6 +147,15 @@ class CoreConfig:
     #: failed probe, at most ``breaker_max_cooldown_s``.
     breaker_cooldown_s: float = 30.0
     breaker_max_cooldown_s: float = 600.0
+    # --- memory (see docs/architecture.md, "Compaction of ended tasks")
+    #: A task that ended (succeeded, failed, cancelled) at least this many seconds ago
+    #: loses its record: a :class:`Tombstone` (final state, last attempt, tenant) in
+    #: ``SchedulerCore.tombstones`` answers for it from then on (duplicate submissions,
+    #: dependents submitted later, stale attempt events, heartbeats still listing an
+    #: attempt, cancels, ``state_of``). At most ``forget_per_call`` records per ``handle``
+    #: call, oldest end first. None: records are kept for ever (the simulator).
+    forget_terminal_after_s: float | None = 600.0
+    forget_per_call: int = 500
 
     def __post_init__(self) -> None:
         for name in ("retry_backoff_s", "retry_backoff_max_s"):
@@ -168,6 +177,11 @@ class CoreConfig:
         wait = self.unknown_upstream_grace_s
         if wait is not None and not (math.isfinite(wait) and wait >= 0):
             raise ValueError(f"unknown_upstream_grace_s must be a finite number >= 0, got {wait}")
+        after = self.forget_terminal_after_s
+        if after is not None and not (math.isfinite(after) and after >= 0):
+            raise ValueError(f"forget_terminal_after_s must be a finite number >= 0, got {after}")
+        if self.forget_per_call < 1:
+            raise ValueError(f"forget_per_call must be >= 1, got {self.forget_per_call}")
 
     def breaker_settings(self) -> BreakerSettings | None:
         """The breaker fields as :class:`BreakerSettings` (None: breakers off);
@@ -253,6 +267,17 @@ class TaskRecord:
         start = self.started_at if self.started_at is not None else self.assigned_at
         end = (start if start is not None else now) + self.predicted_s
         return end if end > now else now + max(1.0, 0.1 * self.predicted_s)
+
+
+class Tombstone(NamedTuple):
+    """What the core keeps of a task whose record was compacted (see
+    ``CoreConfig.forget_terminal_after_s``); equal tombstones are one shared object."""
+
+    state: TaskState
+    #: The task's last attempt number (the ``current_attempt`` of stale events).
+    attempt: int
+    #: Whose task it was (who may cancel it, to be told it has ended).
+    tenant: str
 
 
 def _identity(policy: Policy | None) -> tuple[str, str, object] | None:
@@ -346,6 +371,14 @@ class SchedulerCore:
         #: The shadow's queue position per queued task, with the stamp it is valid for
         #: (see ``shadow.fork``); cleared with the shadow.
         self.shadow_keys: dict[str, tuple[object, tuple[float, ...], float | None]] = {}
+        # --- compaction of ended tasks (see CoreConfig.forget_terminal_after_s)
+        #: Task id -> tombstone, for every task whose record was compacted.
+        self.tombstones: dict[str, Tombstone] = {}
+        #: One instance per distinct tombstone value (so ``tombstones`` costs a key and a slot
+        #: per task; pickling keeps the sharing).
+        self._tombstone_pool: dict[Tombstone, Tombstone] = {}
+        #: Min-heap of (ended at, task id) of the terminal records not compacted yet.
+        self._ending: list[tuple[float, str]] = []
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             NodeUp: self._on_node_up,
             NodeLost: self._on_node_lost,
@@ -368,6 +401,8 @@ class SchedulerCore:
 
         self._out = []
         self.last_now = now
+        if self._ending and self.config.forget_terminal_after_s is not None:
+            self._compact(now)
         stimulus_id = events[-1].stimulus_id if events else "tick"
         for ev in events:
             self._stimulus = ev.stimulus_id
@@ -480,8 +515,20 @@ class SchedulerCore:
             self.load.record(((h, share) for h in classes), now)
 
     def state_of(self, task_id: str) -> TaskState | None:
+        """The task's state (its final state once compacted), or None if unknown."""
         rec = self.tasks.get(task_id)
-        return rec.state if rec else None
+        if rec is not None:
+            return rec.state
+        stone = self.tombstones.get(task_id)
+        return stone.state if stone is not None else None
+
+    def last_attempt(self, task_id: str) -> int:
+        """The task's latest attempt number (0 before the first, or if unknown)."""
+        rec = self.tasks.get(task_id)
+        if rec is not None:
+            return rec.attempt
+        stone = self.tombstones.get(task_id)
+        return stone.attempt if stone is not None else 0
 
     def runtimes(self, rec: TaskRecord) -> FloatArray:
         """Predicted remaining runtime of ``rec`` per hardware index (inf if not allowed)."""
@@ -549,6 +596,8 @@ class SchedulerCore:
                 del self.waiting_by_tenant[tenant]
         if new.terminal:
             rec.finished_at = now
+            if self.config.forget_terminal_after_s is not None:
+                heapq.heappush(self._ending, (now, rec.spec.task_id))
         self.emit(TaskTransition(self._stimulus, rec.spec.task_id, rec.attempt, old, new, reason))
 
     def _queue_position(self, rec: TaskRecord) -> tuple[tuple[float, ...], float | None, float]:
@@ -731,7 +780,7 @@ class SchedulerCore:
         """True when the event concerns the live attempt; otherwise it is recorded."""
         if rec is not None and attempt == rec.attempt and rec.state in statemachine.HOLDS_RESOURCES:
             return True
-        current = rec.attempt if rec is not None else 0
+        current = rec.attempt if rec is not None else self.last_attempt(task_id)
         self.emit(StaleEvent(self._stimulus, task_id, attempt, current, event))
         return False
 
@@ -831,7 +880,10 @@ class SchedulerCore:
         """Why attempt ``attempt`` of ``task_id`` should not run on ``node_id``, or
         ``None`` when it should (or the task is unknown)."""
         rec = self.tasks.get(task_id)
-        if rec is None or rec.state is None:
+        if rec is None:
+            stone = self.tombstones.get(task_id)
+            return None if stone is None else f"task {task_id} already {stone.state}"
+        if rec.state is None:
             return None
         if rec.state.terminal:
             return f"task {task_id} already {rec.state}"
@@ -925,7 +977,7 @@ class SchedulerCore:
     # ================================================================== task events
     def _on_submitted(self, ev: TaskSubmitted, now: float) -> None:
         spec = ev.spec
-        if spec.task_id in self.tasks:
+        if spec.task_id in self.tasks or spec.task_id in self.tombstones:
             self.emit(StaleEvent(ev.stimulus_id, spec.task_id, 0, 0, "duplicate submission"))
             return
         reason = self._rejection(spec)
@@ -939,15 +991,17 @@ class SchedulerCore:
         self.transition(rec, S.SUBMITTED, "accepted", now)
         for dep in spec.depends_on:
             up = self.tasks.get(dep)
-            if up is None:  # overtaken by its dependent: wait for it (see CoreConfig)
+            up_state = up.state if up is not None else self.state_of(dep)  # or compacted
+            if up_state is None:  # overtaken by its dependent: wait for it (see CoreConfig)
                 rec.waiting_on.add(dep)
                 self.unknown_upstreams.setdefault(dep, (now, []))[1].append(spec.task_id)
                 continue
-            if up.state in (S.FAILED, S.CANCELLED):
-                self.transition(rec, S.CANCELLED, f"upstream {dep} {up.state}", now)
+            if up_state in (S.FAILED, S.CANCELLED):
+                self.transition(rec, S.CANCELLED, f"upstream {dep} {up_state}", now)
                 self._settle_awaited(spec.task_id, f"upstream {spec.task_id} {rec.state}", now)
                 return
-            if up.state is not S.SUCCEEDED:
+            if up_state is not S.SUCCEEDED:
+                assert up is not None  # a compacted task has ended
                 rec.waiting_on.add(dep)
                 up.dependents.append(spec.task_id)
         self._adopt_awaiting(rec, now)
@@ -1053,7 +1107,7 @@ class SchedulerCore:
     def _rejection(self, spec: TaskSpec) -> str:
         if self.config.unknown_upstream_grace_s is None:
             for dep in spec.depends_on:
-                if dep not in self.tasks:
+                if dep not in self.tasks and dep not in self.tombstones:
                     return f"depends_on: unknown task {dep!r} (submit upstream tasks first)"
         if spec.gpus > self.config.max_gpus_per_node:
             return (
@@ -1198,29 +1252,31 @@ class SchedulerCore:
 
     def _on_cancel(self, ev: CancelTask, now: float) -> None:
         rec = self.tasks.get(ev.task_id)
+        stone = self.tombstones.get(ev.task_id) if rec is None else None
+        tenant = rec.spec.tenant if rec is not None else stone.tenant if stone else None
         who = ev.requested_by
-        if rec is not None and who is not None and not self._may_cancel(rec, who):
+        if tenant is not None and who is not None and not self._may_cancel(tenant, who):
             # Checked before anything else, terminal tasks too: a refusal tells another
             # tenant nothing about the task's state.
             outcome = (
                 f"refused: {who!r} does not own this task (a tenant may cancel only its "
                 "own tasks; operators are listed in cancel_operators)"
             )
-            refusal = CancelRefused(
-                ev.stimulus_id, ev.task_id, rec.attempt, who, ev.reason, outcome
-            )
+            attempt = self.last_attempt(ev.task_id)
+            refusal = CancelRefused(ev.stimulus_id, ev.task_id, attempt, who, ev.reason, outcome)
             self.emit(refusal)
             return
         if rec is None or rec.state is None or rec.state.terminal:
-            current = rec.attempt if rec else 0
+            current = self.last_attempt(ev.task_id)
             self.emit(StaleEvent(ev.stimulus_id, ev.task_id, current, current, "cancel"))
             return
         self._cancel(rec, ev.reason, now)
         self._cancel_dependents(rec, now)
 
-    def _may_cancel(self, rec: TaskRecord, requested_by: str) -> bool:
-        """Whether ``requested_by`` may cancel ``rec``: its tenant, or an operator."""
-        return requested_by == rec.spec.tenant or requested_by in self.config.cancel_operators
+    def _may_cancel(self, tenant: str, requested_by: str) -> bool:
+        """Whether ``requested_by`` may cancel a task of ``tenant``: that tenant, or an
+        operator."""
+        return requested_by == tenant or requested_by in self.config.cancel_operators
 
     def _cancel(self, rec: TaskRecord, reason: str, now: float) -> None:
         if rec.spec.task_id in self.queue:
@@ -1337,6 +1393,48 @@ class SchedulerCore:
             self.queue.remove(tid)
             self.queue.push(tid, group, key, latest_start)
 
+    # ================================================================== compaction
+    def _compact(self, now: float) -> None:
+        """Replace by tombstones the records of tasks that ended at least
+        ``forget_terminal_after_s`` before ``now``: at most ``forget_per_call`` of them, in
+        order of their ends (ties by task id). Runs before the call's events, so every
+        task an instruction names still has its record when the call returns."""
+        after = self.config.forget_terminal_after_s
+        assert after is not None
+        cutoff = now - after
+        heap, budget = self._ending, self.config.forget_per_call
+        while heap and heap[0][0] <= cutoff and budget > 0:
+            _, task_id = heapq.heappop(heap)
+            budget -= 1
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.state is not None and rec.state.terminal:
+                self._forget(rec)
+
+    def _forget(self, rec: TaskRecord) -> None:
+        """Drop ended ``rec`` for its tombstone. Nothing else needs the record: a task
+        still waiting has no ended upstream in ``waiting_on`` (a success is discarded
+        from it, a failure or cancel cancels the dependents, see ``validate_state``), and
+        every task attempt that holds resources is not terminal. Only the lists that name
+        ``rec`` as a dependent of a task that has not ended (``rec`` was cancelled first)
+        or of an upstream not submitted yet are cleaned, in O(their length)."""
+        spec = rec.spec
+        task_id = spec.task_id
+        for dep in spec.depends_on:
+            up = self.tasks.get(dep)
+            if up is not None and task_id in up.dependents:
+                up.dependents.remove(task_id)
+            awaited = self.unknown_upstreams.get(dep)
+            if awaited is not None and task_id in awaited[1]:
+                awaited[1].remove(task_id)
+                if not awaited[1]:
+                    del self.unknown_upstreams[dep]  # nobody left to settle
+        self.shadow_decided.pop(task_id, None)
+        self.shadow_keys.pop(task_id, None)
+        del self.tasks[task_id]
+        assert rec.state is not None
+        stone = Tombstone(rec.state, rec.attempt, spec.tenant)
+        self.tombstones[task_id] = self._tombstone_pool.setdefault(stone, stone)
+
     # ================================================================== checks
     def validate_state(self) -> None:
         """Check the core's invariants (for tests; O(tasks + nodes))."""
@@ -1384,4 +1482,35 @@ class SchedulerCore:
                 assert rec.row < 0, tid
             if rec.state in (S.QUEUED, S.ASSIGNED, S.RUNNING, S.SUCCEEDED):
                 for dep in rec.spec.depends_on:
-                    assert self.tasks[dep].state is S.SUCCEEDED, (tid, dep)
+                    assert self.state_of(dep) is S.SUCCEEDED, (tid, dep)
+            if rec.state is not None and not rec.state.terminal:
+                # What a task that has not ended names must stay a record (see _forget).
+                for dep in rec.waiting_on:
+                    up = self.tasks.get(dep)
+                    if up is None:
+                        assert tid in self.unknown_upstreams[dep][1], (tid, dep)
+                    else:
+                        assert up.state is not None, (tid, dep)
+                        assert not up.state.terminal, (tid, dep)
+                for child in rec.dependents:
+                    assert child in self.tasks, (tid, child)
+        for dep, (_, awaiting) in self.unknown_upstreams.items():
+            assert dep not in self.tasks, dep
+            assert dep not in self.tombstones, dep
+            assert all(t in self.tasks for t in awaiting), dep
+        assert all(t in self.tasks for t in self.shadow_decided), "shadow of a forgotten task"
+        self._validate_compaction()
+
+    def _validate_compaction(self) -> None:
+        """Tombstones: terminal, never beside a record, shared by value; every terminal
+        record is scheduled for compaction (when compaction is on)."""
+        assert not self.tasks.keys() & self.tombstones.keys(), "a task is both record and tombstone"
+        for tid, stone in self.tombstones.items():
+            assert stone.state.terminal, (tid, stone)
+            assert stone.attempt >= 0, (tid, stone)
+            assert self._tombstone_pool[stone] is stone, (tid, stone)
+        assert self.config.forget_terminal_after_s is not None or not self._ending
+        scheduled = {tid for _, tid in self._ending}
+        for tid, rec in self.tasks.items():
+            if self.config.forget_terminal_after_s is not None and rec.state is not None:
+                assert not rec.state.terminal or tid in scheduled, f"{tid} never compacted"

@@ -10,7 +10,8 @@ what it only reads:
   shadow's draws never advance the live one's), and each task record the cycle touches
   (copy on first read, so O(tasks examined), not O(all tasks));
 - fresh: the fragmentation cache (keyed by row versions, which the fork's allocations
-  bump: sharing it would poison the live cache), the decision counter, the output;
+  bump: sharing it would poison the live cache), the decision counter, the output, the
+  compaction schedule of ended tasks (a fork's transition never schedules a live one);
 - shared, read only: the forecaster (``predict`` only), node specs and masks, the workload
   profile, and the ready queue when the shadow orders it like the live policy (same queue
   sort, ``sjf_weight``, fair share and deadline switches); otherwise a queue of the tasks
@@ -128,6 +129,7 @@ def fork(core: SchedulerCore, policy: Policy) -> SchedulerCore:
     f.rng = copy.deepcopy(core.rng)
     f.fragmentation_cache = FragmentationCache()
     f.decisions = 0
+    f._ending = []
     f._out = []
     if not _same_order(core.policy, f.policy):
         f.queue = _head_queue(core, f)

@@ -76,7 +76,8 @@ class SimConfig:
 
 
 #: ``CoreConfig`` fields the simulator sets unlike the live defaults: no retry backoff,
-#: no bound on the nodes a task may fail on, no circuit breakers, no admission bound.
+#: no bound on the nodes a task may fail on, no circuit breakers, no admission bound, and
+#: task records kept to the end (the report counts them; a run is bounded anyway).
 #: The simulator's failures are injected node losses, which none of these would act on
 #: differently, but the figures must not depend on it (``SimConfig.core_overrides``
 #: turns any of them on).
@@ -86,6 +87,7 @@ SIMULATION_CORE: dict[str, Any] = {
     "breaker_min_failures": None,
     "max_queued_per_tenant": None,
     "stop_attempts_of_lost_nodes": False,
+    "forget_terminal_after_s": None,
 }
 
 

@@ -255,8 +255,8 @@ def attempt_event(kind: str, a: Assign, value: float) -> Event:
 
 
 def is_live(core: SchedulerCore, a: Assign, states: tuple[TaskState, ...]) -> bool:
-    rec = core.tasks[a.task_id]
-    return rec.attempt == a.attempt and rec.state in states
+    rec = core.tasks.get(a.task_id)  # None: ended and compacted
+    return rec is not None and rec.attempt == a.attempt and rec.state in states
 
 
 def drive_and_check(
