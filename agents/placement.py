@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,6 +174,14 @@ MAX_QUEUED_PER_TENANT = 10_000
 SNAPSHOT_AFTER_WORK_S = 10.0
 #: How long a flush may take (after a batch, and on stop).
 FLUSH_TIMEOUT_S = 10.0
+#: Unread records on a heartbeat or attempt-event partition beyond which the agent
+#: counts itself behind (one heartbeat per node every 2 s; a few records of slack absorb
+#: fetch timing).
+BEHIND_RECORDS = 8
+#: How often the heartbeat and attempt-event backlog is checked, and how long the
+#: broker may take to answer.
+BEHIND_CHECK_S = 1.0
+WATERMARK_TIMEOUT_S = 2.0
 #: ``streamsched_breaker_state`` values.
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 #: Gauges (queue depth, running, consumer lag) are refreshed at most this often.
@@ -466,6 +474,13 @@ class PlacementAgent:
         self._journaled_through: dict[tuple[str, int], int] = {}
         self._work_at_snapshot = 0.0
         self._snapshot_cost_s = 0.0
+        #: Behind on heartbeats or attempt events (see :meth:`_inputs_behind`).
+        self._consumer: Consumer | None = None
+        self._watched_partitions: list[TopicPartition] = []
+        self._assigned_at: dict[tuple[str, int], int] = {}
+        self._behind = False
+        self._behind_checked = -math.inf
+        self._replay_behind = False
 
     # ------------------------------------------------------------------ main loop
 
@@ -517,6 +532,14 @@ class PlacementAgent:
                 ]
             )
             logger.info("placement %s reading %d partitions", self.source, len(wanted))
+            self._consumer = consumer
+            self._assigned_at = {
+                (tp.topic, tp.partition): positions.get((tp.topic, tp.partition), start)
+                for tp in wanted
+            }
+            self._watched_partitions = [
+                tp for tp in wanted if tp.topic in (NODE_HEARTBEATS, TASK_EVENTS)
+            ]
             self._loop(consumer, wanted, stop)
         finally:
             left = producer.flush(FLUSH_TIMEOUT_S)
@@ -526,6 +549,7 @@ class PlacementAgent:
                 self._commit_delivered(consumer)
             finally:
                 self._producer = None
+                self._consumer = None
                 consumer.close()
                 if self._journal is not None:
                     self._journal.close()
@@ -578,6 +602,7 @@ class PlacementAgent:
                 if entry.resume:
                     self._forgive_silence(entry.now)
                     continue
+                self._replay_behind = entry.forgive
                 records = list(fetcher.records(entry.runs))
                 if records:
                     self.handle_batch(records, now=entry.now)
@@ -740,6 +765,11 @@ class PlacementAgent:
         stimuli: list[core_events.Event] = []
         per_topic: dict[str, int] = {}
         now_s = self.clock() if now is None else now
+        # Behind on the heartbeat or attempt-event topics: unread heartbeats are not
+        # silence, and an attempt a heartbeat omits may have ended in an unread event.
+        behind = not self.event_time and (
+            self._replay_behind if self._replaying else self._inputs_behind()
+        )
         # Wall-clock mode: "deadline in the past" is judged at the call's time, so that a
         # replay of the journal decodes every record as it was decoded the first time.
         decode_now = None if self.event_time else datetime.fromtimestamp(now_s, tz=UTC)
@@ -758,6 +788,8 @@ class PlacementAgent:
             elif isinstance(event, CancelTask | PolicyUpdate):
                 self._remember_request(event)
             stimulus = core_event_from_wire(event, now_s=now_s, core_time=self.core_time)
+            if behind and isinstance(stimulus, core_events.NodeUp):
+                stimulus = replace(stimulus, reconcile_losses=False)
             if self.event_time:
                 self._held.add(_source(msg), stimulus, self.core_time(event.occurred_at))
             elif stimulus is not None:
@@ -770,24 +802,82 @@ class PlacementAgent:
         timings.records += len(records)
         timings.decode_s += t1 - t0
         if not self.event_time:
-            self._apply(stimuli, now_s, runs_of(records))
+            self._apply(stimuli, now_s, runs_of(records), behind)
 
     def _tick(self, now: float) -> None:
         """A bare core call at ``now`` (time-based decisions), journaled."""
         self.timings.ticks += 1
-        self._apply([], now, ())
+        self._apply([], now, (), self._replay_behind if self._replaying else self._inputs_behind())
 
-    def _apply(self, stimuli: list[core_events.Event], now: float, runs: tuple[Run, ...]) -> None:
-        """Wall-clock mode: one core call, journaled before its outputs are published."""
+    def _apply(
+        self, stimuli: list[core_events.Event], now: float, runs: tuple[Run, ...], behind: bool
+    ) -> None:
+        """Wall-clock mode: one core call, journaled before its outputs are published.
+        ``behind``: the agent has unread heartbeats or attempt events (see
+        :meth:`_inputs_behind`); then nodes' silence is counted from ``now`` first (a
+        heartbeat not read yet is not a silent node) and the call's heartbeats declare no
+        attempt lost (an attempt a heartbeat omits may have ended in an unread event).
+        Under a burst the agent falls behind by more than the heartbeat timeout: without
+        this it declared live nodes lost and ran their finished attempts again."""
+        forgive = behind
+        if forgive:
+            self._forgive_silence(now)
         out = self._handle_core(stimuli, now=now)
         self._last_digest = digest(out)
         journal = self._journal
         if journal is not None and not self._replaying:
             journal.append(
-                now, runs, self._last_digest, on_delivery=self._in_flight.track(), sync=bool(out)
+                now,
+                runs,
+                self._last_digest,
+                forgive=forgive,
+                on_delivery=self._in_flight.track(),
+                sync=bool(out),
             )
             self._note_journaled(runs)
         self._emit(out, flush=not self._in_flight.open)
+
+    def _inputs_behind(self) -> bool:
+        """True if the heartbeat or attempt-event partitions hold records the agent has
+        not read (the consumer's positions against the broker's high watermarks; checked
+        at most every :data:`BEHIND_CHECK_S`, one round trip per partition)."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        now = time.monotonic()
+        if now < self._behind_checked + BEHIND_CHECK_S:
+            return self._behind
+        self._behind_checked = now
+        behind = False
+        try:
+            for tp in consumer.position(self._watched_partitions):
+                # Asked of the broker: the cached watermarks stop moving while the
+                # consumer's local queue is full (a burst of submissions ahead of them).
+                low, high = consumer.get_watermark_offsets(tp, timeout=WATERMARK_TIMEOUT_S)
+                if high is None or high < 0:
+                    behind = True  # no fetch answered for it yet (just started)
+                    break
+                # Before its first record the position is unknown: the assigned offset.
+                position = (
+                    tp.offset
+                    if tp.offset >= 0
+                    else self._assigned_at.get((tp.topic, tp.partition), -1)
+                )
+                if position < 0:
+                    position = low  # assigned at the beginning
+                if high - position > BEHIND_RECORDS:
+                    behind = True
+                    break
+        except KafkaException as exc:
+            logger.debug("heartbeat lag not checked: %s", exc)
+            behind = True  # cannot tell: assume the worst
+        if behind != self._behind:
+            log = logger.warning if behind else logger.info
+            log("placement %s %s on %s and %s", self.source,
+                "behind (node silence and missing attempts not counted)" if behind
+                else "caught up", NODE_HEARTBEATS, TASK_EVENTS)  # fmt: skip
+        self._behind = behind
+        return behind
 
     def _commit_delivered(self, consumer: Consumer) -> None:
         """Serve delivery reports, then commit the input offsets of every batch whose
@@ -953,7 +1043,9 @@ class PlacementAgent:
         lags: list[tuple[str, int]] = []
         try:
             for tp in consumer.position(partitions):
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                # Asked of the broker: the cached watermarks stop moving while the
+                # consumer's local queue is full (a burst of submissions ahead of them).
+                low, high = consumer.get_watermark_offsets(tp, timeout=WATERMARK_TIMEOUT_S)
                 if high is None or high < 0:
                     continue  # no fetch answered for it yet
                 if tp.offset >= 0:
