@@ -295,6 +295,7 @@ class ExecutorAgent:
         )
         try:
             self._load_assignments_seen()  # a runner passed in may have opened it late
+            self._remember_journaled_ends()
             lost = self.runner.recover()
             if lost:
                 logger.warning("reported %d attempt(s) of a previous run as lost", len(lost))
@@ -581,6 +582,17 @@ class ExecutorAgent:
         return outcome.done.is_set() and outcome.error is None
 
     # ------------------------------------------------------------------ heartbeats
+
+    def _remember_journaled_ends(self) -> None:
+        """A restarted executor lists the attempts its journal says ended (the most recent
+        first, up to the heartbeat's bound) as ended for :data:`ENDED_MEMORY_S` more: their
+        terminal events may still be unread by the scheduler, which would otherwise take
+        them for lost and run them again."""
+        journal = getattr(self.runner, "journal", None)
+        if journal is None:
+            return
+        for key in journal.ended_keys()[-self.ended.limit :]:
+            self.ended.add(key)
 
     def heartbeat(self) -> NodeHeartbeat:
         """The next heartbeat of this node (sequence number advanced)."""

@@ -13,7 +13,10 @@ core call (a batch of input records, or an idle tick):
   on the input topics, so an entry is small);
 - ``digest``: a digest of the decisions the call made, to detect a replay that diverges
   (a code change, a nondeterminism bug);
-- ``resume``: the entry that marks a restart (see below).
+- ``resume``: the entry that marks a restart (see below);
+- ``forgive``: the agent was behind on the heartbeat or attempt-event topics when it made
+  the call, so it counted every node's silence from the call's time and its heartbeats
+  declared no attempt lost (see ``PlacementAgent._inputs_behind``).
 
 The journal is one topic per agent instance, named after its decision prefix
 (:func:`journal_topic`), one partition. Its first record is a :class:`JournalHeader`
@@ -167,6 +170,9 @@ class JournalEntry:
     runs: tuple[Run, ...] = ()
     digest: str = ""
     resume: bool = False
+    #: The agent was behind on heartbeats or attempt events: before the call every node's
+    #: silence was counted from ``now``, and its heartbeats declared no attempt lost.
+    forgive: bool = False
 
     def below(self, committed: Mapping[tuple[str, int], int]) -> bool:
         """True if every input of the entry is below the ``committed`` offsets (and it
@@ -263,6 +269,8 @@ def encode_entry(entry: JournalEntry) -> bytes:
         data["digest"] = entry.digest
     if entry.resume:
         data["resume"] = True
+    if entry.forgive:
+        data["forgive"] = True
     return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -281,6 +289,7 @@ def decode_record(raw: bytes, where: str) -> JournalHeader | JournalEntry:
                 runs=runs,
                 digest=str(data.get("digest", "")),
                 resume=bool(data.get("resume", False)),
+                forgive=bool(data.get("forgive", False)),
             )
         raise ValueError(f"unknown record kind {kind!r}")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -356,13 +365,14 @@ class JournalWriter:
         digest_: str,
         *,
         resume: bool = False,
+        forgive: bool = False,
         on_delivery: Any = None,
         sync: bool,
     ) -> JournalEntry:
         """Append one entry; with ``sync``, return only once it (and every earlier one)
         is acknowledged. ``on_delivery`` is also called with the delivery report."""
         self.seq += 1
-        entry = JournalEntry(self.seq, now, runs, digest_, resume)
+        entry = JournalEntry(self.seq, now, runs, digest_, resume, forgive)
         self._send(encode_entry(entry), on_delivery)
         if sync:
             self.sync()

@@ -829,8 +829,8 @@ class SchedulerCore:
                 last = rec.last_listed_at
                 rec.last_listed_at = seen if last is None else max(last, seen)
                 continue
-            if (tid, rec.attempt) in ev.ended:
-                continue  # finished there: its terminal event is on its way
+            if (tid, rec.attempt) in ev.ended or not ev.reconcile_losses:
+                continue  # finished there (its terminal event is on its way), or may have
             marks = (rec.assigned_at, rec.last_listed_at, rec.stop_requested_at)
             since = max(t for t in marks if t is not None)
             unread = (

@@ -47,6 +47,10 @@ class NodeUp(Stimulus):
     #: The highest assignment sequence (``Assign.sequence``) the node has consumed, if it
     #: says: an attempt assigned with a higher one has not reached it yet (on its way).
     assignments_seen: int | None = None
+    #: False when the reader knows it has unread attempt events (it is behind on their
+    #: topic): an attempt missing from ``running`` may have ended in what is not read
+    #: yet, so this heartbeat declares nothing lost (it still stops orphans).
+    reconcile_losses: bool = True
 
 
 @dataclass(frozen=True, slots=True)
