@@ -624,7 +624,7 @@ class PlacementAgent:
             fetcher.close()
         self._flush()
         report.entries = len(journal.entries)
-        report.tasks = len(self.core.tasks)
+        report.tasks = len(self.core.tasks) + len(self.core.tombstones)
         writer.seq = max(writer.seq, journal.entries[-1].seq if journal.entries else 0)
         for entry in journal.entries:
             self._note_journaled(entry.runs)
@@ -664,7 +664,22 @@ class PlacementAgent:
         return {"core": core, **{name: getattr(self, name) for name in self._SNAPSHOT_FIELDS}}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        for name, value in state["core"].items():
+        """Put a snapshot's state in place; ValueError (nothing changed) if the snapshot
+        was written by another code version (other core fields or configuration: a
+        dataclass pickled by an older version may load with shifted or missing values)."""
+        core_state = state["core"]
+        config = core_state.get("config")
+        if set(core_state) != set(vars(self.core)) - {"_handlers"} or not isinstance(
+            config, CoreConfig
+        ):
+            raise ValueError("a snapshot of another code version (other core fields)")
+        try:
+            same = asdict(config) == asdict(self.core.config)
+        except (AttributeError, TypeError):
+            same = False
+        if not same:
+            raise ValueError("a snapshot of another code version (other core configuration)")
+        for name, value in core_state.items():
             setattr(self.core, name, value)
         for name in self._SNAPSHOT_FIELDS:
             setattr(self, name, state[name])

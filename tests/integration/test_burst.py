@@ -13,17 +13,6 @@ import pytest
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
 
-#: A known bug (docs/benchmarks.md, "Burst"): the scheduler declares an attempt lost that
-#: finished, or had not reached its executor yet: by heartbeat reconciliation (its node's
-#: heartbeats do not list it, its task.completed on another topic not read yet; an executor
-#: restart forgets the attempts it ended) or by a heartbeat timeout while the placement
-#: agent lags behind its inputs (under a burst). The task runs again; the scheduler
-#: settles it once. Remove this once it is fixed.
-KNOWN_RERUN_RACE = (
-    "known: attempts declared lost after they had finished or before they arrived ran "
-    "again (fenced, one verdict each)"
-)
-
 
 def test_burst_of_2000_submissions_loses_none(tmp_path: Path) -> None:
     out = tmp_path / "burst.json"
@@ -50,7 +39,6 @@ def test_burst_of_2000_submissions_loses_none(tmp_path: Path) -> None:
     # One attempt reported twice, or two verdicts, would be a new bug: fail.
     assert data["duplicates"]["same_attempt"] == 0, data["duplicate_sample"]
     assert data["duplicates"]["verdicts"] == 0, data["duplicate_sample"]
-    if data["duplicate_completions"]:
-        pytest.xfail(KNOWN_RERUN_RACE + f": {data['duplicate_sample']}")
+    assert data["duplicate_completions"] == 0, data["duplicate_sample"]
     assert data["ok"] is True
     assert done.returncode == 0, done.stdout[-3000:]
