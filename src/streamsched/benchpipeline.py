@@ -281,7 +281,7 @@ def heartbeat(node_id: str, run_id: str, sequence: int) -> bytes:
 
 # ============================================================================ subprocesses
 def _agent_main(
-    config: dict[str, Any], run_id: str, commands: Any, replies: Any
+    config: dict[str, Any], run_id: str, commands: Any, replies: Any, journal: bool = True
 ) -> None:  # pragma: no cover - runs in a spawned process
     """The placement agent of the bench. ``commands``: "snapshot" (reply with the loop
     timings and the process CPU time) or "stop"."""
@@ -292,6 +292,7 @@ def _agent_main(
         decision_prefix=f"bench-{run_id}",
         group_id=f"streamsched-bench-{run_id}",
         start_at_end=True,
+        journal=journal,
     )
     stop = threading.Event()
 
@@ -470,13 +471,13 @@ def _delete_topics(config: Mapping[str, Any], names: list[str]) -> None:
 class _AgentProcess:
     """The placement agent in a spawned process, with snapshots of its loop timings."""
 
-    def __init__(self, config: dict[str, Any], run_id: str) -> None:
+    def __init__(self, config: dict[str, Any], run_id: str, journal: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._commands = ctx.Queue()
         self._replies = ctx.Queue()
         self.process = ctx.Process(
             target=_agent_main,
-            args=(config, run_id, self._commands, self._replies),
+            args=(config, run_id, self._commands, self._replies, journal),
             daemon=True,
         )
         self.process.start()
@@ -672,8 +673,10 @@ def run_pipeline_bench(
     settings: KafkaSettings | None = None,
     on_point: Callable[[RatePoint], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    journal: bool = True,
 ) -> PipelineResult:
-    """Run the whole benchmark (see the module docstring). ValueError for bad arguments;
+    """Run the whole benchmark (see the module docstring); ``journal`` runs the agent with
+    its journal (the default, as deployed) or without. ValueError for bad arguments;
     BenchError when the broker, the agent or the echo fails."""
     if not rates or any(r <= 0 for r in rates):
         raise ValueError(f"rates must be positive, got {rates}")
@@ -693,7 +696,7 @@ def run_pipeline_bench(
             conn = _Conn(
                 config, Producer({**CLIENT_PRODUCER, **config, "acks": "all"}), run_id, broker_pid
             )
-            points = _pipeline(conn, sorted(rates), duration_s, nodes, stage, on_point)
+            points = _pipeline(conn, sorted(rates), duration_s, nodes, stage, on_point, journal)
         except KafkaException as exc:
             raise BenchError(f"broker {servers}: {exc}") from None
     bench_config = {
@@ -701,6 +704,7 @@ def run_pipeline_bench(
         "duration_s": duration_s,
         "nodes": nodes,
         "pings": pings,
+        "journal": journal,
         "agent": "subprocess (multiprocessing spawn), policy forecast",
         "latency": "produce() of the submission to the bench reading its assignment",
     }
@@ -714,9 +718,10 @@ def _pipeline(
     nodes: int,
     stage: Callable[[str], None],
     on_point: Callable[[RatePoint], None] | None,
+    journal: bool = True,
 ) -> list[RatePoint]:
     stage("starting the placement agent")
-    agent = _AgentProcess(conn.config, conn.run_id)
+    agent = _AgentProcess(conn.config, conn.run_id, journal)
     driver: _Driver | None = None
     points: list[RatePoint] = []
     try:

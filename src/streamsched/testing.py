@@ -21,12 +21,16 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -503,3 +507,43 @@ def wire_submission(
             "command": list(command or (sys.executable, "-c", "print('ok')")),
         }
     )
+
+
+def spawn_cli(args: Iterable[str], servers: str, log: Path, **env: str) -> subprocess.Popen[str]:
+    """Run ``streamsched ARGS`` as a real subprocess against ``servers`` (its
+    ``KAFKA_BOOTSTRAP_SERVERS``), stdout and stderr to the file ``log`` (never a pipe
+    that could fill up); ``env`` adds variables (e.g. ``PYTHONHASHSEED``)."""
+    script = Path(sys.executable).with_name("streamsched")
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(script), *args],
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": servers, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def cli_executor(
+    node_id: str, label: str, servers: str, tmp: Path, gpus: int = 1
+) -> subprocess.Popen[str]:
+    """A ``streamsched executor`` subprocess: a v100 node with ``gpus`` GPUs, labelled
+    ``test_run=<label>`` (a test's tasks name that label, so other tests' nodes never take
+    them), heartbeating every 0.5 s, its log in ``tmp/<node_id>.log``."""
+    args = ["executor", "--node-id", node_id, "--hardware", "v100", "--gpus", str(gpus),
+            "--cpus", "16", "--memory", "64GiB", "--log-dir", str(tmp / node_id),
+            "--heartbeat-s", "0.5", "--label", f"test_run={label}"]  # fmt: skip
+    return spawn_cli(args, servers, tmp / f"{node_id}.log")
+
+
+def stop_process(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> None:
+    """SIGTERM ``proc`` (resuming it first if it was stopped), SIGKILL it after
+    ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

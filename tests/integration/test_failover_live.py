@@ -10,9 +10,7 @@ processor records it as stale, and the task's outcome is attempt 2's.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -29,47 +27,22 @@ from streamsched.schemas import codec, topics
 from streamsched.schemas.commands import StopAttempt
 from streamsched.schemas.decisions import DecisionAudit, TaskEnded
 from streamsched.schemas.lifecycle import TaskCancelled, TaskCompleted, TaskStarted
-from streamsched.testing import TopicReader, running_in_thread, wire_submission
+from streamsched.testing import (
+    TopicReader,
+    cli_executor,
+    running_in_thread,
+    spawn_cli,
+    stop_process,
+    wire_submission,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
-SCRIPT = Path(sys.executable).with_name("streamsched")
 #: The placement agent's heartbeat timeout here (the default is 10 s; shorter keeps the
 #: test quick, the mechanism is the same).
 TIMEOUT_S = 4.0
 #: How long each attempt runs: attempt 1 must end while its executor is frozen.
 TASK_S = 3.0
-
-
-def _spawn(args: list[str], servers: str, log: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(SCRIPT), *args],
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": servers},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _executor(node_id: str, label: str, servers: str, tmp: Path) -> subprocess.Popen[str]:
-    return _spawn(
-        ["executor", "--node-id", node_id, "--hardware", "v100", "--gpus", "1", "--cpus",
-         "16", "--memory", "64GiB", "--log-dir", str(tmp / node_id), "--heartbeat-s", "0.5",
-         "--label", f"test_run={label}"],
-        servers,
-        tmp / f"{node_id}.log",
-    )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wait(what: str, probe: Any, timeout_s: float = 90.0) -> Any:
@@ -91,10 +64,10 @@ def test_a_lost_node_requeues_its_attempt_and_the_stale_result_is_fenced(
     config = client_config(kafka_bootstrap)
     label = uuid.uuid4().hex[:10]
     task_id = f"failover-{label}"
-    nodes = {f"node-{label}-{n}": _executor(f"node-{label}-{n}", label, kafka_bootstrap, tmp_path)
-             for n in range(2)}  # fmt: skip
+    ids = [f"node-{label}-{n}" for n in range(2)]
+    nodes = {node_id: cli_executor(node_id, label, kafka_bootstrap, tmp_path) for node_id in ids}
     port = free_port()
-    processor = _spawn(
+    processor = spawn_cli(
         ["processor", "--web-port", str(port), "--metrics-port", "0", "--app-id",
          f"failover-{label}", "--loglevel", "warning"],
         kafka_bootstrap,
@@ -164,4 +137,4 @@ def test_a_lost_node_requeues_its_attempt_and_the_stale_result_is_fenced(
               f"(heartbeat timeout {TIMEOUT_S:g} s)")  # fmt: skip
     finally:
         for proc in [*nodes.values(), processor]:
-            _stop(proc)
+            stop_process(proc)

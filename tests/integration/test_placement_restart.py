@@ -23,7 +23,13 @@ from streamsched.broker import client_config
 from streamsched.schemas import codec, topics
 from streamsched.schemas.decisions import Assignment
 from streamsched.schemas.lifecycle import TaskCompleted
-from streamsched.testing import TopicReader, wire_submission
+from streamsched.testing import (
+    TopicReader,
+    cli_executor,
+    spawn_cli,
+    stop_process,
+    wire_submission,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -34,44 +40,9 @@ TASKS = 24
 TASK_S = 0.8
 
 
-def _spawn(args: list[str], servers: str, log: Path, hash_seed: str = "0") -> subprocess.Popen[str]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": servers, "PYTHONHASHSEED": hash_seed}
-    return subprocess.Popen(
-        [str(SCRIPT), *args],
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def _placement(prefix: str, servers: str, log: Path, hash_seed: str) -> subprocess.Popen[str]:
-    return _spawn(
-        ["placement", "--decision-prefix", prefix, "--policy", "fifo", "--no-warm-start"],
-        servers,
-        log,
-        hash_seed,
-    )
-
-
-def _executor(node_id: str, label: str, servers: str, tmp: Path) -> subprocess.Popen[str]:
-    return _spawn(
-        ["executor", "--node-id", node_id, "--hardware", "v100", "--gpus", "2", "--cpus",
-         "16", "--memory", "64GiB", "--log-dir", str(tmp / node_id), "--heartbeat-s", "0.5",
-         "--label", f"test_run={label}"],
-        servers,
-        tmp / f"{node_id}.log",
-    )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ["placement", "--decision-prefix", prefix, "--policy", "fifo", "--no-warm-start"]
+    return spawn_cli(args, servers, log, PYTHONHASHSEED=hash_seed)
 
 
 def test_a_killed_placement_agent_restarts_from_its_journal(
@@ -82,7 +53,10 @@ def test_a_killed_placement_agent_restarts_from_its_journal(
     prefix = f"r{label[:6]}"
     task_ids = [f"restart-{label}-{i:02d}" for i in range(TASKS)]
     command = [sys.executable, "-c", f"import time; time.sleep({TASK_S})"]
-    procs = [_executor(f"node-{label}-{n}", label, kafka_bootstrap, tmp_path) for n in range(2)]
+    procs = [
+        cli_executor(f"node-{label}-{n}", label, kafka_bootstrap, tmp_path, gpus=2)
+        for n in range(2)
+    ]
     first = _placement(prefix, kafka_bootstrap, tmp_path / "placement-1.log", "1")
     procs.append(first)
     second: subprocess.Popen[str] | None = None
@@ -134,7 +108,7 @@ def test_a_killed_placement_agent_restarts_from_its_journal(
         assert sum(e.resume for e in journal.entries) == 1
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process(proc)
 
 
 def test_a_restart_under_another_policy_is_refused_with_the_difference(
@@ -149,7 +123,7 @@ def test_a_restart_under_another_policy_is_refused_with_the_difference(
             assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
             time.sleep(0.2)
     finally:
-        _stop(first)
+        stop_process(first)
     again = subprocess.run(
         [str(SCRIPT), "placement", "--decision-prefix", prefix, "--policy", "best-fit",
          "--no-warm-start"],

@@ -9,9 +9,10 @@ the library raises for bad input (ValueError, which covers ``TraceFormatError`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -112,3 +113,26 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def finish_run(
+    out: Console, lines: Iterable[str], result: Any, ok: bool, json_out: Path | None
+) -> None:
+    """End a benchmark or chaos command: print ``lines`` then PASS or FAIL, write
+    ``result.to_dict()`` as JSON to ``json_out`` if given, and exit 1 unless ``ok``."""
+    import json
+
+    for line in (*lines, "PASS" if ok else "FAIL"):
+        out.print(line, markup=False, soft_wrap=True)
+    if json_out is not None:
+        with cli_errors("--json"):
+            json_out.write_text(json.dumps(json_safe(result.to_dict()), indent=2) + "\n", "utf-8")
+        out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One line naming the machine a run measured on."""
+    m = machine
+    return f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['platform']}, Python {m['python']}"

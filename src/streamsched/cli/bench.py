@@ -21,7 +21,9 @@ from streamsched.benchpipeline import BenchError, PipelineResult, RatePoint, run
 
 from ._common import (
     cli_errors,
+    finish_run,
     json_safe,
+    machine_line,
     parse_int_list,
     parse_params,
     stderr_console,
@@ -172,6 +174,10 @@ def pipeline(
     ] = 10.0,
     nodes: Annotated[int, typer.Option(min=1, help="Fake CPU nodes the tasks go to.")] = 64,
     pings: Annotated[int, typer.Option(min=1, help="Raw broker round trips to time.")] = 2000,
+    journal: Annotated[
+        bool,
+        typer.Option(help="Run the placement agent with its journal (as deployed) or without."),
+    ] = True,
 ) -> None:
     """Time the live pipeline on a broker (KAFKA_BOOTSTRAP_SERVERS, else an embedded one):
     the raw broker round trip, then submission-to-assignment latency and throughput of one
@@ -188,7 +194,13 @@ def pipeline(
     with cli_errors():
         try:
             result = run_pipeline_bench(
-                rate_list, duration_s, nodes, pings, on_point=on_point, on_stage=on_stage
+                rate_list,
+                duration_s,
+                nodes,
+                pings,
+                on_point=on_point,
+                on_stage=on_stage,
+                journal=journal,
             )
         except BenchError as exc:
             raise ValueError(str(exc)) from None
@@ -321,7 +333,7 @@ def fuzz(
     r = result
     rate = (r.malformed + r.valid) / max(r.produce_s + r.settle_s, 1e-9)
     rss = ", ".join(f"{k} {v:.0f} MiB" for k, v in r.peak_rss_mib.items())
-    for line in (
+    lines = (
         f"broker: {r.broker}; wall {r.wall_s:.1f} s (produce {r.produce_s:.1f} s, "
         f"settle {r.settle_s:.1f} s); {rate:,.0f} records/s end to end",
         f"malformed {r.malformed:,}: dead-lettered {r.dead_lettered:,} (with reason "
@@ -332,15 +344,8 @@ def fuzz(
         f"crashes {r.crashes} (exit codes {r.exit_codes}); peak RSS: {rss}",
         *(f"{name} died; log tail:\n{log[-1500:]}" for name, log in r.crash_logs.items()),
         *r.missing[:20],
-        "PASS" if r.ok else "FAIL",
-    ):
-        out.print(line, markup=False, soft_wrap=True)
-    if json_out is not None:
-        with cli_errors("--json"):
-            json_out.write_text(json.dumps(json_safe(r.to_dict()), indent=2) + "\n", "utf-8")
-        out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
-    if not r.ok:
-        raise typer.Exit(1)
+    )
+    finish_run(out, lines, r, r.ok, json_out)
 
 
 @app.command("burst")
@@ -413,8 +418,8 @@ def burst(
             row.append("-" if then is None else f"{then:,.0f}")
         rss.add_row(*row, "-" if cpu is None else f"{cpu:,.1f}")
     out.print(rss)
-    for line in (
-        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['platform']}, Python {m['python']}",
+    lines = (
+        machine_line(m),
         f"ended: {r.ended_by}; logs: {r.run_dir}",
         *(
             f"unaccounted (first 20): {' '.join(r.unaccounted_sample)}"
@@ -422,15 +427,8 @@ def burst(
             if r.unaccounted
         ),
         *(f"{name} died on its own; log tail:\n{log}" for name, log in r.crash_logs.items()),
-        "PASS" if r.ok else "FAIL",
-    ):
-        out.print(line, markup=False, soft_wrap=True)
-    if json_out is not None:
-        with cli_errors("--json"):
-            json_out.write_text(json.dumps(json_safe(r.to_dict()), indent=2) + "\n", "utf-8")
-        out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
-    if not r.ok:
-        raise typer.Exit(1)
+    )
+    finish_run(out, lines, r, r.ok, json_out)
 
 
 def _burst_table(d: dict[str, Any]) -> Table:

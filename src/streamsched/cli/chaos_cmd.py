@@ -4,14 +4,13 @@ completed twice (the method and definitions are in :mod:`streamsched.chaos`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ._common import cli_errors, json_safe, stderr_console, stdout_console
+from ._common import cli_errors, finish_run, machine_line, stderr_console, stdout_console
 
 __all__ = ["chaos"]
 
@@ -100,23 +99,16 @@ def chaos(
     out.print(_faults(r.faults))
     rss = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.peak_rss_mib.items()))
     m = r.machine
-    for line in (
-        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['platform']}, Python {m['python']}",
+    lines = (
+        machine_line(m),
         f"peak RSS (MiB): {rss}",
         "CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.cpu_s.items())),
         f"ended: {r.ended_by}; logs: {r.run_dir}",
         *(f"lost (first {len(r.lost_sample)}): {' '.join(r.lost_sample)}" for _ in [0] if r.lost),
         *(f"duplicates: {' '.join(r.duplicate_sample)}" for _ in [0] if r.duplicate_completions),
         *(f"{name} died on its own; log tail:\n{log}" for name, log in r.crash_logs.items()),
-        "PASS" if r.ok else "FAIL",
-    ):
-        out.print(line, markup=False, soft_wrap=True)
-    if json_out is not None:
-        with cli_errors("--json"):
-            json_out.write_text(json.dumps(json_safe(r.to_dict()), indent=2) + "\n", "utf-8")
-        out.print(f"wrote {json_out}", markup=False, soft_wrap=True)
-    if not r.ok:
-        raise typer.Exit(1)
+    )
+    finish_run(out, lines, r, r.ok, json_out)
 
 
 def _summary(d: dict[str, Any]) -> Table:
