@@ -547,3 +547,32 @@ def stop_process(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+_T = TypeVar("_T")
+
+
+def wait_until(
+    what: str,
+    probe: Callable[[], _T | None],
+    timeout_s: float = 60.0,
+    *,
+    retry_on: tuple[type[BaseException], ...] = (OSError,),
+    interval_s: float = 0.2,
+    seen: Callable[[], object] | None = None,
+) -> _T:
+    """Call ``probe`` until it returns something other than None (an exception of
+    ``retry_on`` counts as None); AssertionError naming ``what`` (and ``seen()``, if given)
+    after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = probe()
+        except retry_on:
+            value = None
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            last = f"; last seen: {seen()}" if seen is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{last}")
+        time.sleep(interval_s)

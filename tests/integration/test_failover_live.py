@@ -33,6 +33,7 @@ from streamsched.testing import (
     running_in_thread,
     spawn_cli,
     stop_process,
+    wait_until,
     wire_submission,
 )
 
@@ -46,16 +47,10 @@ TASK_S = 3.0
 
 
 def _wait(what: str, probe: Any, timeout_s: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = probe()
-        except (TaskNotFoundError, ConnectionError, OSError):
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
+    def value() -> Any:
+        return probe() or None  # falsy: not yet
+
+    return wait_until(what, value, timeout_s, retry_on=(TaskNotFoundError, OSError))
 
 
 def test_a_lost_node_requeues_its_attempt_and_the_stale_result_is_fenced(

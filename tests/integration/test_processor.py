@@ -34,7 +34,7 @@ from streamsched.schemas.decisions import DecisionAudit
 from streamsched.schemas.lifecycle import TaskCompleted, TaskFailed, TaskStarted
 from streamsched.schemas.tasks import TaskSubmitted
 from streamsched.schemas.tenancy import TENANT_HEADER, AccessRefused
-from streamsched.testing import TopicReader
+from streamsched.testing import TopicReader, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -47,17 +47,7 @@ T = TypeVar("T")
 
 
 def _wait(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = probe()
-        except ClientError:
-            value = None
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return wait_until(what, probe, timeout_s, retry_on=(ClientError,))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from streamsched.schemas.envelope import EventEnvelope
 from streamsched.schemas.lifecycle import TaskCompleted, TaskFailed, TaskStarted
 from streamsched.schemas.tasks import TaskSubmitted
 from streamsched.streams.app import TASK_TOPICS
+from streamsched.testing import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -52,17 +52,7 @@ T = TypeVar("T")
 def _wait(
     what: str, probe: Callable[[], T | None], timeout_s: float = 90.0, seen: Callable[[], Any] = str
 ) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = probe()
-        except ClientError:
-            value = None
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last seen: {seen()}")
-        time.sleep(0.3)
+    return wait_until(what, probe, timeout_s, retry_on=(ClientError,), seen=seen)
 
 
 class ProcessorRun:

@@ -44,6 +44,7 @@ from streamsched.client import AccessDenied, Client, ClientError
 from streamsched.schemas import topics
 from streamsched.schemas.tenancy import TENANT_HEADER
 from streamsched.settings import kafka_settings
+from streamsched.testing import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -59,17 +60,7 @@ def _tansu_binary() -> str:
 
 
 def _wait(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = probe()
-        except ClientError:
-            value = None
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return wait_until(what, probe, timeout_s, retry_on=(ClientError,))
 
 
 def _accepts(port: int) -> bool | None:
