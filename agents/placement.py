@@ -118,6 +118,7 @@ from streamsched.schemas.decisions import (
     DecisionAudit,
     PolicyChanged,
     TaskEnded,
+    TaskRequeued,
 )
 from streamsched.schemas.errors import PAYLOAD_FIELD, InvalidEvent
 from streamsched.schemas.hardware import assignment_topic, hardware_named_in
@@ -1107,6 +1108,8 @@ class PlacementAgent:
                 if isinstance(ins, TaskTransition) and ins.new.terminal:
                     self._publish_cancel_outcome(ins, occurred_at)  # accepted, if a cancel
                     self._publish(ins, occurred_at, first_assigned)  # task.ended
+                elif isinstance(ins, TaskTransition) and ins.old in _HOLDS and ins.new is _S.QUEUED:
+                    self._publish(ins, occurred_at, first_assigned)  # task.requeued
                 continue
             if isinstance(ins, Learned | DeadlineInfeasible):
                 continue  # log and forecast material, no wire record
@@ -1154,6 +1157,7 @@ class PlacementAgent:
                 occurred_at=occurred_at,
                 source=self.source,
                 requests=self._requests,
+                now_s=self.core.last_now,
             )
         except Exception:
             logger.exception("cannot publish %r", ins)
@@ -1173,7 +1177,9 @@ class PlacementAgent:
                 self._event(DECISIONS, "policy", record)
             elif isinstance(record, BreakerChanged):
                 self._event(DECISIONS, "breaker", record)
-            elif isinstance(record, DecisionAudit | TaskRejected | TaskEnded | CancelOutcome):
+            elif isinstance(
+                record, DecisionAudit | TaskRejected | TaskEnded | TaskRequeued | CancelOutcome
+            ):
                 self._event(DECISIONS, record.task_id, record)
         self._count_decision(ins, first_assigned)
 
@@ -1281,6 +1287,7 @@ class PlacementAgent:
         event: DecisionAudit
         | TaskRejected
         | TaskEnded
+        | TaskRequeued
         | PolicyChanged
         | CancelOutcome
         | BreakerChanged,

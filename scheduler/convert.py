@@ -28,6 +28,8 @@ Core -> wire (:func:`wire_from_instruction`)
     may stop several attempts). The outcome of a policy update with event id ``e`` is
     ``e.policy``, that of a cancel command ``e.cancel`` (accepted or refused). A circuit
     breaker transition with decision id ``d-breaker-000003`` is ``d-breaker-000003.breaker``.
+    The re-queue of attempt ``a`` of task ``t`` caused by stimulus ``s`` is
+    ``s.t.a.requeued``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from streamsched.schemas.decisions import (
     DecisionCandidate,
     PolicyChanged,
     TaskEnded,
+    TaskRequeued,
 )
 from streamsched.schemas.nodes import NodeHeartbeat
 from streamsched.schemas.tasks import DeclaredWork, Priority, TaskRejected, TaskSubmitted
@@ -74,7 +77,8 @@ from .instructions import (
 )
 from .instructions import BreakerChanged as CoreBreakerChanged
 from .instructions import StopAttempt as CoreStopAttempt
-from .model import NodeSpec, PriorityClass, TaskSpec
+from .model import NodeSpec, PriorityClass, TaskSpec, TaskState
+from .statemachine import HOLDS_RESOURCES
 
 #: Wire priority -> core priority. Every wire value must appear (checked by the tests).
 PRIORITY_TO_CORE: dict[Priority, PriorityClass] = {
@@ -92,6 +96,7 @@ WireRecord = (
     | DecisionAudit
     | TaskRejected
     | TaskEnded
+    | TaskRequeued
     | PolicyChanged
     | CancelOutcome
     | BreakerChanged
@@ -473,6 +478,43 @@ def task_ended_to_wire(ins: TaskTransition, *, occurred_at: datetime, source: st
     )
 
 
+def is_requeue(ins: TaskTransition) -> bool:
+    """True if ``ins`` takes an attempt back: from a state holding a node (``assigned``,
+    ``running``) to ``queued``."""
+    return ins.old in HOLDS_RESOURCES and ins.new is TaskState.QUEUED
+
+
+def task_requeued_to_wire(
+    ins: TaskTransition,
+    *,
+    decided_at_s: float,
+    occurred_at: datetime,
+    source: str,
+    node_id: str | None = None,
+) -> TaskRequeued:
+    """The ``task.requeued`` record of a transition that takes attempt ``ins.attempt`` back
+    to ``queued`` (event id ``<stimulus_id>.<task_id>.<attempt>.requeued``, so a replay
+    republishes the same id). ``decided_at_s`` is the core time of the call that made it;
+    ``node_id`` the node the attempt was on, if the caller knows it (the instruction does
+    not carry it)."""
+    if not is_requeue(ins):
+        old = ins.old.value if ins.old is not None else "new"
+        raise ValueError(f"{ins.task_id}: {old} -> {ins.new.value} is not a re-queue")
+    assert ins.old is not None  # is_requeue: assigned or running
+    return TaskRequeued(
+        event_id=derived_event_id(f"{ins.stimulus_id}.{ins.task_id}.{ins.attempt}", "requeued"),
+        occurred_at=occurred_at,
+        source=source,
+        task_id=ins.task_id,
+        attempt=ins.attempt,
+        previous_state=ins.old.value,
+        reason=_text(ins.reason, f"attempt {ins.attempt} re-queued"),
+        node_id=node_id,
+        stimulus_id=ins.stimulus_id[:MAX_ID_CHARS],
+        decided_at_s=float(decided_at_s),
+    )
+
+
 def wire_records_from_instruction(
     ins: Instruction,
     *,
@@ -480,6 +522,7 @@ def wire_records_from_instruction(
     occurred_at: datetime,
     source: str,
     requests: Mapping[str, WireRequest] | None = None,
+    now_s: float | None = None,
 ) -> tuple[WireRecord, ...]:
     """Every wire record a core instruction becomes, in publishing order (empty when it
     has no wire form). Route each by its type:
@@ -499,6 +542,11 @@ def wire_records_from_instruction(
     :class:`~.instructions.Reject` -> ``(TaskRejected,)``;
     a :class:`~.instructions.TaskTransition` into a terminal state -> ``(TaskEnded,)``
     (to ``sched.decisions``, keyed by ``task_id``);
+    a :class:`~.instructions.TaskTransition` from ``assigned``/``running`` to ``queued``
+    (an attempt taken back) -> ``(TaskRequeued,)`` (to ``sched.decisions``, keyed by
+    ``task_id``), with ``decided_at_s`` = ``now_s``, the core time of the call that
+    returned the instruction (default: ``occurred_at`` as core time, which is the live
+    system's epoch seconds); other transitions -> ``()``;
     :class:`~.instructions.PolicyUpdated` / :class:`~.instructions.PolicyRejected` ->
     ``(PolicyChanged,)`` (to ``sched.decisions``, keyed ``"policy"``), naming as
     ``requested_by`` the source of the ``command.update_policy`` found in ``requests``
@@ -518,6 +566,13 @@ def wire_records_from_instruction(
         policy_request = request if isinstance(request, wire_commands.PolicyUpdate) else None
         return (policy_change_to_wire(ins, policy_request, occurred_at=occurred_at, source=source),)
     if isinstance(ins, TaskTransition):
+        if is_requeue(ins):
+            decided_at_s = core_time_from_datetime(occurred_at) if now_s is None else now_s
+            return (
+                task_requeued_to_wire(
+                    ins, decided_at_s=decided_at_s, occurred_at=occurred_at, source=source
+                ),
+            )
         if not ins.new.terminal:
             return ()
         return (task_ended_to_wire(ins, occurred_at=occurred_at, source=source),)

@@ -19,6 +19,7 @@ from .decisions import (
     DecisionCandidate,
     PolicyChanged,
     TaskEnded,
+    TaskRequeued,
 )
 from .envelope import (
     SCHEMA_VERSION,
@@ -90,6 +91,7 @@ __all__ = [
     "TaskPreempted",
     "TaskProgress",
     "TaskRejected",
+    "TaskRequeued",
     "TaskResources",
     "TaskStarted",
     "TaskSubmitted",

@@ -27,6 +27,7 @@ from .decisions import (
     DecisionAudit,
     PolicyChanged,
     TaskEnded,
+    TaskRequeued,
 )
 from .envelope import (
     SUPPORTED_SCHEMA_VERSIONS,
@@ -67,6 +68,7 @@ Event: TypeAlias = (
     | Assignment
     | DecisionAudit
     | TaskEnded
+    | TaskRequeued
     | CancelOutcome
     | PolicyChanged
     | BreakerChanged

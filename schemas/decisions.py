@@ -222,6 +222,34 @@ class TaskEnded(EventEnvelope):
     reason: Text
 
 
+class TaskRequeued(EventEnvelope):
+    """The scheduler took an attempt back and queued the task again: its node was lost, its
+    node's heartbeats stopped listing it, the executor reported it lost, it failed with
+    retries left, or its preemption was confirmed. Published to ``sched.decisions`` (keyed
+    by task id) once per attempt taken back (event id
+    ``<stimulus_id>.<task_id>.<attempt>.requeued``, so a replay republishes the same id).
+
+    ``attempt`` is the attempt that ended (the next assignment carries a higher number);
+    ``previous_state`` the state it was taken back from; ``reason`` the scheduler's words,
+    e.g. ``no heartbeat for 11 s: node n0`` or ``retry 1/2: oom (retry backoff 1.0 s)``;
+    ``stimulus_id`` the event that caused it (``heartbeat-timeout:<node_id>`` when the
+    scheduler's heartbeat monitor declared the node lost); ``decided_at_s`` scheduler-core
+    seconds, like ``decided_at_s`` of ``decision.audit``; ``node_id`` the node the attempt
+    was on, or null when the scheduler's instruction does not name it (``reason`` names the
+    node when the node is the cause)."""
+
+    type: Literal["task.requeued"] = "task.requeued"
+    task_id: Identifier
+    attempt: Attempt = Field(description="The attempt that ended.")
+    previous_state: Literal["assigned", "running"]
+    reason: Text
+    node_id: Identifier | None = Field(
+        default=None, description="The node the attempt was on; null when not known."
+    )
+    stimulus_id: Identifier = Field(description="The event that caused the re-queue.")
+    decided_at_s: StrictFloat = Field(description="Scheduler-core time of the re-queue, seconds.")
+
+
 _ParamValue = StrictFloat | StrictInt
 
 

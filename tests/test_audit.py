@@ -20,6 +20,7 @@ from streamsched.schemas import (
     TaskEnded,
     TaskPreempted,
     TaskProgress,
+    TaskRequeued,
     TaskStarted,
     TaskSubmitted,
 )
@@ -250,6 +251,38 @@ def _policy(seconds: float, event_id: str, accepted: bool) -> PolicyChanged:
         policy="forecast",
         reason="x",
     )
+
+
+def test_a_second_attempt_is_explained_by_the_requeue_before_it() -> None:
+    """Attempt 1's node went silent: the re-queue (why) and attempt 2's placement share
+    one batch's stamp; the re-queue comes first whatever the read order."""
+    submitted, first, started = _story_events()[0], _audit(1, "d-1"), _story_events()[3]
+    requeued = TaskRequeued(
+        **_at(20),
+        event_id="heartbeat-timeout:n-1.t-1.1.requeued",
+        task_id="t-1",
+        attempt=1,
+        previous_state="running",
+        reason="no heartbeat for 11 s: node n-1",
+        stimulus_id="heartbeat-timeout:n-1",
+        decided_at_s=20.0,
+    )
+    second = _audit(20, "d-8", attempt=2, chosen_node_id="n-3")
+    events = [decode(encode(e)) for e in (submitted, second, requeued, first, started)]
+    story = build_story("t-1", [*events, requeued])  # with a redelivery
+    assert [(e.what, e.attempt) for e in story.entries] == [
+        ("submitted", None),
+        ("decision", 1),
+        ("started", 1),
+        ("requeued", 1),
+        ("decision", 2),
+    ]
+    entry = story.entries[3]
+    assert entry.who == "placement:d"
+    assert entry.why == "attempt 1 taken back while running: no heartbeat for 11 s: node n-1"
+    assert entry.event_type == "task.requeued"
+    assert entry.event["stimulus_id"] == "heartbeat-timeout:n-1"
+    assert story.verdict is None  # a re-queue is no verdict
 
 
 def test_policy_changes_are_listed_once_in_time_order() -> None:

@@ -27,6 +27,7 @@ from streamsched.scheduler.convert import (
     node_spec_from_heartbeat,
     preemption_audit_to_wire,
     rejection_to_wire,
+    task_requeued_to_wire,
     task_spec_from_event,
     wire_from_instruction,
     wire_records_from_instruction,
@@ -327,6 +328,16 @@ NON_STIMULI: list[wire_schemas.Event] = [
         adapted=True,
     ),
     wire_schemas.TaskEnded(**WIRE, task_id="t-1", state="failed", attempt=3, reason="x"),
+    # The core's own re-queue (audit trail), not a stimulus: the loss itself was one.
+    wire_schemas.TaskRequeued(
+        **WIRE,
+        task_id="t-1",
+        attempt=3,
+        previous_state="running",
+        reason="no heartbeat for 11 s: node node-7",
+        stimulus_id="heartbeat-timeout:node-7",
+        decided_at_s=11.0,
+    ),
     wire_schemas.DataIngested(
         **WIRE, dataset="imagenet", rows=10, bytes=1000, location="s3://bucket/key"
     ),
@@ -972,6 +983,90 @@ def test_a_terminal_transition_becomes_task_ended() -> None:
     assert again == records  # deterministic event id: a replay republishes the same record
     queued = TaskTransition("e-sub", "t-3", 0, None, TaskState.QUEUED, "submitted")
     assert wire_records_from_instruction(queued, submissions={}, occurred_at=T0, source="p") == ()
+
+
+def _requeues(
+    out: list[Instruction], now_s: float | None = None
+) -> list[wire_schemas.TaskRequeued]:
+    records = [
+        record
+        for ins in out
+        if isinstance(ins, TaskTransition)
+        for record in wire_records_from_instruction(
+            ins, submissions={}, occurred_at=T0, source="placement:p", now_s=now_s
+        )
+    ]
+    return [r for r in records if isinstance(r, wire_schemas.TaskRequeued)]
+
+
+def test_an_attempt_the_executor_reports_lost_is_requeued_on_the_audit_trail() -> None:
+    core = placement_core()
+    sub = gpu_submission()
+    now_s = T0.timestamp()
+    run(core, heartbeat(), sub, now_s=now_s)
+    lost = wire_schemas.TaskLost(
+        **WIRE, event_id="w-lost-1", task_id="t-1", attempt=1, node_id="node-7", reason="oom"
+    )
+    out = run(core, lost, now_s=now_s + 5)
+    (record,) = _requeues(out, now_s=now_s + 5)
+    assert (record.task_id, record.attempt, record.previous_state) == ("t-1", 1, "assigned")
+    assert record.reason == "attempt 1 lost: oom"
+    assert (record.stimulus_id, record.decided_at_s) == ("w-lost-1", now_s + 5)
+    assert record.node_id is None  # the instruction does not name the node
+    assert (record.event_id, record.source) == ("w-lost-1.t-1.1.requeued", "placement:p")
+    assert decode(encode(record), now=T0) == record
+    assert _requeues(out, now_s=now_s + 5) == [record]  # a replay republishes the same id
+    (again,) = [i for i in out if isinstance(i, Assign)]
+    assert again.attempt == 2  # the attempt the re-queue explains
+
+
+def test_a_retryable_failure_with_retries_left_is_requeued_with_the_retry_count() -> None:
+    core = placement_core()
+    sub = gpu_submission(max_retries=2)
+    now_s = T0.timestamp()
+    run(core, heartbeat(), sub, now_s=now_s)
+    started = wire_schemas.TaskStarted(
+        **WIRE, event_id="w-start-1", task_id="t-1", attempt=1, node_id="node-7"
+    )
+    run(core, started, now_s=now_s + 1)
+    failed = wire_schemas.TaskFailed(
+        **WIRE, event_id="w-fail-1", task_id="t-1", attempt=1, node_id="node-7", reason="oom"
+    )
+    (record,) = _requeues(run(core, failed, now_s=now_s + 2), now_s=now_s + 2)
+    assert (record.attempt, record.previous_state, record.stimulus_id) == (1, "running", "w-fail-1")
+    assert record.reason.startswith("retry 1/2: oom (retry backoff ")
+
+
+def test_a_silent_node_requeues_its_attempt_naming_the_node() -> None:
+    core = SchedulerCore(
+        get_policy("forecast"), RunningMeanForecaster(), CoreConfig(heartbeat_timeout_s=10.0)
+    )
+    now_s = T0.timestamp()
+    run(core, heartbeat(), gpu_submission(), now_s=now_s)
+    out = core.handle(now=now_s + 11.5)
+    (record,) = _requeues(out)  # no now_s: occurred_at, as core time
+    assert record.stimulus_id == "heartbeat-timeout:node-7"
+    assert record.reason == "no heartbeat for 12 s: node node-7"
+    assert record.decided_at_s == T0.timestamp()
+    assert record.event_id == "heartbeat-timeout:node-7.t-1.1.requeued"
+
+
+@pytest.mark.parametrize(
+    "ins",
+    [
+        TaskTransition("s", "t-1", 0, None, TaskState.SUBMITTED, "accepted"),
+        TaskTransition("s", "t-1", 0, TaskState.SUBMITTED, TaskState.QUEUED, "dependencies met"),
+        TaskTransition("s", "t-1", 1, TaskState.QUEUED, TaskState.ASSIGNED, "placed"),
+        TaskTransition("s", "t-1", 1, TaskState.ASSIGNED, TaskState.RUNNING, "started"),
+    ],
+    ids=lambda i: f"{i.old}->{i.new}",
+)
+def test_transitions_that_take_no_attempt_back_have_no_requeue_record(
+    ins: TaskTransition,
+) -> None:
+    assert wire_records_from_instruction(ins, submissions={}, occurred_at=T0, source="p") == ()
+    with pytest.raises(ValueError, match="is not a re-queue"):
+        task_requeued_to_wire(ins, decided_at_s=0.0, occurred_at=T0, source="p")
 
 
 # ---------------------------------------------------------------------- reliability

@@ -40,6 +40,7 @@ from streamsched.schemas import (
     TaskPreempted,
     TaskProgress,
     TaskRejected,
+    TaskRequeued,
     TaskResources,
     TaskStarted,
     TaskSubmitted,
@@ -227,6 +228,17 @@ EXAMPLES: list[EventEnvelope] = [
         task_id="t-1",
         tenant="vision",
         reason="tenant 'ads' may not see a task of another tenant",
+    ),
+    TaskRequeued(
+        **ENV,
+        task_id="t-1",
+        attempt=1,
+        previous_state="running",
+        reason="attempt 1 lost: node node-7 does not run it (not listed by its heartbeats "
+        "for 12 s)",
+        node_id="node-7",
+        stimulus_id="e-heartbeat-9",
+        decided_at_s=1741.5,
     ),
 ]
 
@@ -433,6 +445,8 @@ OTHER_CASES: list[tuple[EventEnvelope, Callable[[dict[str, Any]], None], str, st
     (EXAMPLES[13], _set("requested_by", ""), "requested_by", "at least 1 character"),
     (EXAMPLES[14], _set("split_ratio", 1.5), "split_ratio", "<= 1"),
     (EXAMPLES[14], _set("parameters", {"w": [1]}), "parameters", "'w' must be a number"),
+    (EXAMPLES[-1], _set("previous_state", "queued"), "previous_state", "'assigned' or 'running'"),
+    (EXAMPLES[-1], _set("attempt", 0), "attempt", ">= 1"),
 ]
 
 

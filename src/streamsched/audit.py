@@ -4,9 +4,9 @@ time-ordered story (``streamsched audit TASK_ID``).
 :func:`build_story` is pure: it takes decoded events (from any topics, in any order, with
 redeliveries) and keeps those about the task, deduplicated on ``event_id``, ordered by
 ``occurred_at`` (equal times: cause before effect, e.g. a cancel request before its
-outcome, a decision before its shadow; else the order given). :func:`read_events`
-reads the topics a story needs from a broker. :func:`policy_changes` lists the
-``policy.changed`` records.
+outcome, a re-queue before the next attempt's decision, a decision before its shadow;
+else the order given). :func:`read_events` reads the topics a story needs from a broker.
+:func:`policy_changes` lists the ``policy.changed`` records.
 
 What belongs to a task's story:
 
@@ -15,7 +15,8 @@ What belongs to a task's story:
 - ``sched.decisions``: its rejections, decision audits (placements, shadow placements,
   preemptions made for it), preemption audits that stop one of *its* attempts (keyed by
   the task the room is made for, so they sit in that task's partition: all partitions
-  are read), cancel outcomes, and ``task.ended``;
+  are read), cancel outcomes, re-queues of its attempts (``task.requeued``: why the
+  scheduler took an attempt back and ran another), and ``task.ended``;
 - ``sched.tasks.events``: the executors' reports of its attempts.
 """
 
@@ -27,7 +28,13 @@ from datetime import datetime
 from typing import Any
 
 from streamsched.schemas.commands import CancelTask
-from streamsched.schemas.decisions import CancelOutcome, DecisionAudit, PolicyChanged, TaskEnded
+from streamsched.schemas.decisions import (
+    CancelOutcome,
+    DecisionAudit,
+    PolicyChanged,
+    TaskEnded,
+    TaskRequeued,
+)
 from streamsched.schemas.envelope import EventEnvelope
 from streamsched.schemas.lifecycle import (
     TaskCancelled,
@@ -66,10 +73,10 @@ class StoryEntry:
 
     ``what`` is a short tag (``submitted``, ``rejected``, ``decision``, ``shadow decision``,
     ``preemption``, ``preempted by``, ``started``, ``progress``, ``completed``, ``failed``,
-    ``preempted``, ``lost``, ``cancelled``, ``cancel requested``, ``cancel accepted``,
-    ``cancel refused``, ``ended``); ``who`` the producer or requester; ``why`` the
-    reason in words; ``decision_id`` the decision behind it, if any; ``event`` the record
-    as JSON."""
+    ``preempted``, ``lost``, ``requeued``, ``cancelled``, ``cancel requested``,
+    ``cancel accepted``, ``cancel refused``, ``ended``); ``who`` the producer or
+    requester; ``why`` the reason in words; ``decision_id`` the decision behind it, if
+    any; ``event`` the record as JSON."""
 
     at: datetime
     what: str
@@ -145,6 +152,7 @@ _RANK: dict[str, int] = {
             "cancel requested",
             "preemption",
             "preempted by",
+            "requeued",
             "decision",
             "shadow decision",
             "cancel accepted",
@@ -233,6 +241,11 @@ def _entry(task_id: str, event: EventEnvelope) -> StoryEntry | None:
         case TaskEnded():
             why = f"{event.state}: {event.reason}"
             return _make(event, "ended", why, attempt=event.attempt)
+        case TaskRequeued():
+            why = f"attempt {event.attempt} taken back while {event.previous_state}: {event.reason}"
+            if event.node_id is not None:
+                why += f" (on {event.node_id})"
+            return _make(event, "requeued", why, attempt=event.attempt)
         case TaskStarted():
             return _make(event, "started", f"on {event.node_id}", attempt=event.attempt)
         case TaskProgress():

@@ -25,7 +25,7 @@ from streamsched.broker import client_config, free_port
 from streamsched.client import Client, TaskNotFoundError
 from streamsched.schemas import codec, topics
 from streamsched.schemas.commands import StopAttempt
-from streamsched.schemas.decisions import DecisionAudit, TaskEnded
+from streamsched.schemas.decisions import DecisionAudit, TaskEnded, TaskRequeued
 from streamsched.schemas.lifecycle import TaskCancelled, TaskCompleted, TaskStarted
 from streamsched.testing import (
     TopicReader,
@@ -96,6 +96,8 @@ def test_a_lost_node_requeues_its_attempt_and_the_stale_result_is_fenced(
             second = next(a for a in audits if isinstance(a, DecisionAudit) and a.attempt == 2)
             assert second.task_id == task_id
             assert second.chosen_node_id != first_node
+            requeue = decisions.wait_event(TaskRequeued, task_id)  # why attempt 2 exists
+            assert (requeue.attempt, requeue.reason.split(": ")[-1]) == (1, f"node {first_node}")
             # The agent also told the lost node to stop attempt 1; the thawed executor
             # reports attempt 1's end, completed or cancelled, whichever it sees first.
             (stop,) = [
