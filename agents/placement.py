@@ -19,6 +19,9 @@ Wire contract:
 - A record that does not decode is copied, bytes unchanged, to ``sched.deadletter`` with
   headers ``error.field``, ``error.reason``, ``source.topic``, ``source.partition`` and
   ``source.offset``; the agent never stops on bad input.
+- Journal (wall-clock mode): every core call is journaled to
+  ``sched.placement.journal.<decision prefix>`` before its outputs are produced, and a
+  restarted agent rebuilds its state from it (:mod:`.placement_journal`).
 - Outputs: an assignment goes to ``sched.assignments.<hardware>`` (created on first use),
   key = node id, partition :func:`~streamsched.agents.partitioning.partition_for`; its
   decision audit (assignments, preemptions, and a shadow policy's would-be placements,
@@ -26,8 +29,10 @@ Wire contract:
   ``task.ended``
   for every task the core settles go to ``sched.decisions`` keyed by task id, as does
   the ``task.cancel_outcome`` answering each cancel command (accepted or refused, with
-  who asked and why); the ``policy.changed`` outcome of each policy update (accepted or
-  refused, with its source as ``requested_by``) goes there keyed ``"policy"``; a
+  who asked and why), and a ``task.requeued`` for every attempt the core takes back; the
+  ``policy.changed`` outcome of each policy update (accepted or refused, with its source
+  as ``requested_by``) goes there keyed ``"policy"``, each ``breaker.changed`` keyed
+  ``"breaker"``; a
   ``command.stop_attempt`` goes to the assignment topic of the node's hardware (known from
   its heartbeats), same key and partition rule. Every record carries header ``type``.
 - Metrics (:mod:`streamsched.metrics`, see docs/metrics.md): submissions by outcome,

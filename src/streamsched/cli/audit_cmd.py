@@ -79,8 +79,8 @@ def audit(
     """Tell a task's whole story from the scheduler's topics, in time order: submitted (by
     whom, what), rejected, each decision with its reason, decision id and predicted
     runtime, shadow decisions (marked), started, progress, preempted (by which decision),
-    lost, failed, cancel requests (by whom) and their outcome, and the verdict. Needs
-    KAFKA_BOOTSTRAP_SERVERS."""
+    lost, failed, re-queued (and why), cancel requests (by whom) and their outcome,
+    refused status queries, and the verdict. Needs KAFKA_BOOTSTRAP_SERVERS."""
     if policy == (task_id is not None):
         fail("give a TASK_ID, or --policy to list the policy changes (not both)")
     if not timeout_s > 0:
