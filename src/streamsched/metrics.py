@@ -239,8 +239,7 @@ RETRY_BACKOFF_TASKS = Gauge(
 )
 PLACEMENT_RESTORE_SECONDS = Gauge(
     "streamsched_placement_restore_seconds",
-    "How long the placement agent's last start took to replay its journal (0: nothing "
-    "to replay).",
+    "How long the placement agent's last start took to replay its journal (0: nothing to replay).",
 )
 PLACEMENT_SNAPSHOT_BYTES = Gauge(
     "streamsched_placement_snapshot_bytes",
