@@ -416,8 +416,7 @@ class PlacementAgent:
         self.start_at_end = start_at_end
         self.source = f"placement:{decision_prefix}"
         live_policy = get_policy(policy)
-        #: What a fresh core is made of (kept to start over when a snapshot fails to load).
-        self._core_args = (
+        self.core = SchedulerCore(
             live_policy,
             forecaster if forecaster is not None else forecaster_for(live_policy),
             CoreConfig(
@@ -431,7 +430,6 @@ class PlacementAgent:
                 }
             ),
         )
-        self.core = SchedulerCore(*self._core_args)
         #: Wire submissions by task id, while the core may still need them (see above).
         self.submissions: dict[str, TaskSubmitted] = {}
         #: Commands (cancel, policy update) by event id until the core answers them: their
@@ -595,7 +593,6 @@ class PlacementAgent:
                     journal.snapshot.seq,
                     self.journal_topic,
                 )
-                self._reset_state()
                 journal = read_journal(self.config, self.journal_topic, snapshots=False)
         delivered = journal.delivered_through(committed)
         fetcher = InputFetcher(self.config, journal.first_offsets(), timeout_s=30.0)
@@ -606,7 +603,7 @@ class PlacementAgent:
                 if not self._suppress:
                     report.reemitted += 1
                 if entry.resume:
-                    self._forgive_silence(entry.now)
+                    self.core.forgive_silence(entry.now)
                     continue
                 self._replay_behind = entry.forgive
                 records = list(fetcher.records(entry.runs))
@@ -632,10 +629,8 @@ class PlacementAgent:
         report.entries = len(journal.entries)
         report.tasks = len(self.core.tasks) + len(self.core.tombstones)
         writer.seq = max(writer.seq, journal.entries[-1].seq if journal.entries else 0)
-        for entry in journal.entries:
-            self._note_journaled(entry.runs)
         now = self.clock()
-        self._forgive_silence(now)
+        self.core.forgive_silence(now)
         writer.append(now, (), "", resume=True, sync=True)
         report.replay_s = time.monotonic() - t0
         metrics.PLACEMENT_RESTORE_SECONDS.set(report.replay_s)
@@ -670,9 +665,12 @@ class PlacementAgent:
         return {"core": core, **{name: getattr(self, name) for name in self._SNAPSHOT_FIELDS}}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        """Put a snapshot's state in place; ValueError (nothing changed) if the snapshot
-        was written by another code version (other core fields or configuration: a
-        dataclass pickled by an older version may load with shifted or missing values)."""
+        """Put a snapshot's state in place; ValueError, with nothing changed (everything is
+        checked before anything is set), if another code version wrote it (other fields or
+        configuration: a dataclass pickled by an older version may load with shifted or
+        missing values)."""
+        if not isinstance(state, dict) or set(state) != {"core", *self._SNAPSHOT_FIELDS}:
+            raise ValueError("a snapshot of another code version (other agent fields)")
         core_state = state["core"]
         config = core_state.get("config")
         if set(core_state) != set(vars(self.core)) - {"_handlers"} or not isinstance(
@@ -689,13 +687,6 @@ class PlacementAgent:
             setattr(self.core, name, value)
         for name in self._SNAPSHOT_FIELDS:
             setattr(self, name, state[name])
-
-    def _reset_state(self) -> None:
-        """Back to a fresh core (a snapshot failed to load half way)."""
-        self.core = SchedulerCore(*self._core_args)
-        self.submissions, self._requests = {}, {}
-        self.node_hardware, self.known_hardware = {}, set()
-        self.gauges, self._journaled_through = StateGauges(), {}
 
     def _note_journaled(self, runs: tuple[Run, ...]) -> None:
         through = self._journaled_through
@@ -735,14 +726,6 @@ class PlacementAgent:
             self._snapshot_cost_s,
             since,
         )
-
-    def _forgive_silence(self, now: float) -> None:
-        """A restart at ``now``: every node's silence counts from now (the agent, not the
-        nodes, was away). Journaled, so a replay does the same at the same point."""
-        seen = self.core.last_seen
-        for node_id, at in seen.items():
-            if at < now:
-                seen[node_id] = now
 
     def _loop(
         self, consumer: Consumer, partitions: list[TopicPartition], stop: threading.Event
@@ -788,9 +771,7 @@ class PlacementAgent:
         now_s = self.clock() if now is None else now
         # Behind on the heartbeat or attempt-event topics: unread heartbeats are not
         # silence, and an attempt a heartbeat omits may have ended in an unread event.
-        behind = not self.event_time and (
-            self._replay_behind if self._replaying else self._inputs_behind()
-        )
+        behind = not self.event_time and self._behind_now()
         # Wall-clock mode: "deadline in the past" is judged at the call's time, so that a
         # replay of the journal decodes every record as it was decoded the first time.
         decode_now = None if self.event_time else datetime.fromtimestamp(now_s, tz=UTC)
@@ -828,7 +809,7 @@ class PlacementAgent:
     def _tick(self, now: float) -> None:
         """A bare core call at ``now`` (time-based decisions), journaled."""
         self.timings.ticks += 1
-        self._apply([], now, (), self._replay_behind if self._replaying else self._inputs_behind())
+        self._apply([], now, (), self._behind_now())
 
     def _apply(
         self, stimuli: list[core_events.Event], now: float, runs: tuple[Run, ...], behind: bool
@@ -840,9 +821,8 @@ class PlacementAgent:
         attempt lost (an attempt a heartbeat omits may have ended in an unread event).
         Under a burst the agent falls behind by more than the heartbeat timeout: without
         this it declared live nodes lost and ran their finished attempts again."""
-        forgive = behind
-        if forgive:
-            self._forgive_silence(now)
+        if behind:
+            self.core.forgive_silence(now)
         out = self._handle_core(stimuli, now=now)
         self._last_digest = digest(out)
         journal = self._journal
@@ -851,12 +831,16 @@ class PlacementAgent:
                 now,
                 runs,
                 self._last_digest,
-                forgive=forgive,
+                forgive=behind,
                 on_delivery=self._in_flight.track(),
                 sync=bool(out),
             )
-            self._note_journaled(runs)
+        self._note_journaled(runs)
         self._emit(out, flush=not self._in_flight.open)
+
+    def _behind_now(self) -> bool:
+        """Behind on the inputs for this call: as journaled when replaying, else measured."""
+        return self._replay_behind if self._replaying else self._inputs_behind()
 
     def _inputs_behind(self) -> bool:
         """True if the heartbeat or attempt-event partitions hold records the agent has
@@ -1064,9 +1048,7 @@ class PlacementAgent:
         lags: list[tuple[str, int]] = []
         try:
             for tp in consumer.position(partitions):
-                # Asked of the broker: the cached watermarks stop moving while the
-                # consumer's local queue is full (a burst of submissions ahead of them).
-                low, high = consumer.get_watermark_offsets(tp, timeout=WATERMARK_TIMEOUT_S)
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
                 if high is None or high < 0:
                     continue  # no fetch answered for it yet
                 if tp.offset >= 0:

@@ -203,15 +203,6 @@ class Journal:
     #: Entries in the journal before the snapshot (not kept).
     skipped: int = 0
 
-    def last_offsets(self) -> dict[tuple[str, int], int]:
-        """Per input partition, the last offset the journal covers."""
-        out: dict[tuple[str, int], int] = {}
-        for entry in self.entries:
-            for topic, partition, _, last in entry.runs:
-                key = (topic, partition)
-                out[key] = max(out.get(key, -1), last)
-        return out
-
     def first_offsets(self) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
         for entry in self.entries:
@@ -352,7 +343,6 @@ class JournalWriter:
         self._producer = Producer({**config, **PRODUCER_SETTINGS})
         self._error: str | None = None
         self.seq = 0
-        self.written = 0
 
     def write_header(self, header: JournalHeader) -> None:
         self._send(encode_header(header), None)
@@ -419,8 +409,6 @@ class JournalWriter:
         def delivered(error: KafkaError | None, msg: Message) -> None:
             if error is not None:
                 self._error = str(error)
-            else:
-                self.written += 1
             if on_delivery is not None:
                 on_delivery(error, msg)
 

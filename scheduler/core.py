@@ -804,6 +804,15 @@ class SchedulerCore:
             seen = now if ev.reported_at_s is None else min(now, ev.reported_at_s)
             self._reconcile(ev, row, seen, now)
 
+    def forgive_silence(self, now: float) -> None:
+        """The reader could not hear the nodes until ``now`` (it restarted, or is behind on
+        their heartbeats): every node's silence counts from ``now`` (a node that really
+        died is declared lost one heartbeat timeout later)."""
+        seen = self.last_seen
+        for node_id, at in seen.items():
+            if at < now:
+                seen[node_id] = now
+
     def next_assignment(self, rec: TaskRecord, node_id: str) -> int:
         """Number the assignment of ``rec``'s current attempt to ``node_id`` (1, 2, ... per
         node) and remember it on the task."""
