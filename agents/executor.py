@@ -368,17 +368,18 @@ class ExecutorAgent:
                 continue
             metrics.EVENTS_CONSUMED.labels(COMPONENT, self.topic).inc()
             records.append((msg, self._decode(msg)))
-        # Attempts cancelled by a record later in this batch, per record index.
-        cancelled_later: list[frozenset[AttemptKey]] = []
-        later: set[AttemptKey] = set()
-        for _, record in reversed(records):
-            cancelled_later.append(frozenset(later))
-            if isinstance(record, StopAttempt) and record.mode == "cancel":
-                later.add((record.task_id, record.attempt))
-        cancelled_later.reverse()
-        for (msg, record), cancelled in zip(records, cancelled_later, strict=True):
+        # Per attempt, the index of the last cancel of it in this batch: an assignment
+        # before that index is cancelled later in the same batch.
+        last_cancel: dict[AttemptKey, int] = {
+            (record.task_id, record.attempt): index
+            for index, (_, record) in enumerate(records)
+            if isinstance(record, StopAttempt) and record.mode == "cancel"
+        }
+        for index, (msg, record) in enumerate(records):
             if record is not None:
-                self._handle(record, _where(msg), cancelled)
+                key = (getattr(record, "task_id", ""), getattr(record, "attempt", 0))
+                later = last_cancel.get(key, -1) > index
+                self._handle(record, _where(msg), frozenset({key}) if later else frozenset())
             self._commit(consumer, msg)
 
     def _decode(self, msg: Message) -> object:

@@ -144,7 +144,7 @@ class AccessRefused(EventEnvelope):
 
     type: Literal["access.refused"] = "access.refused"
     requested_by: Identifier = Field(description="The tenant the request spoke for.")
-    action: Literal["query", "list", "predict"]
+    action: Action
     task_id: Identifier | None = None
     tenant: Identifier = Field(description="The tenant whose data was asked for.")
     reason: Text

@@ -238,8 +238,10 @@ class Processor:
 
     def all_tasks(self, tenant: str | None = None) -> list[st.TaskStatus]:
         """Every task, or only ``tenant``'s."""
-        every = [st.TaskStatus.model_validate(v) for v in list(self.tasks.values())]
-        return every if tenant is None else [t for t in every if t.tenant == tenant]
+        values = list(self.tasks.values())
+        if tenant is not None:  # filter the stored records before validating them
+            values = [v for v in values if v.get("tenant") == tenant]
+        return [st.TaskStatus.model_validate(v) for v in values]
 
     # ------------------------------------------------------------------ nodes
 

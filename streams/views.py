@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from ..schemas.tenancy import HTTP_TENANT_HEADER, AccessRefused, access_refusal, check_tenant
+from ..schemas.tenancy import (
+    HTTP_TENANT_HEADER,
+    AccessRefused,
+    Action,
+    access_refusal,
+    check_tenant,
+)
 from . import state as st
 
 if TYPE_CHECKING:
@@ -73,7 +79,7 @@ class StatusView:
         return "" if tenant in self.operators else tenant
 
     def _refuse(
-        self, requester: str, action: Any, owner: str, reason: str, task_id: str | None
+        self, requester: str, action: Action, owner: str, reason: str, task_id: str | None
     ) -> Answer:
         record = AccessRefused(
             occurred_at=datetime.now(UTC),
