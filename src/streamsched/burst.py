@@ -57,7 +57,7 @@ from streamsched.chaos import (
     own_peak_rss_mib,
     view_json,
 )
-from streamsched.fuzz import peak_rss_mib
+from streamsched.fuzz import peak_rss_mib, proc_status_mib
 from streamsched.schemas import codec
 from streamsched.schemas.tasks import TaskSubmitted
 from streamsched.schemas.topics import (
@@ -340,16 +340,11 @@ class _Follower:
         self._consumer.close()
 
 
-def _current_rss_mib(pid: int | None) -> float:
-    if pid is None:
-        return math.nan
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return math.nan
+def _rss_now(cluster: LiveCluster, broker_pid: int | None) -> dict[str, float]:
+    """The current RSS (MiB) of every child process and the broker."""
+    pids: dict[str, int | None] = {n: c.process.pid for n, c in cluster.children.items()}
+    pids["broker"] = broker_pid
+    return {name: round(proc_status_mib(pid, "VmRSS"), 1) for name, pid in pids.items()}
 
 
 def run_burst(
@@ -413,6 +408,9 @@ def run_burst(
         result.peak_rss_mib["bench (follower)"] = own_peak_rss_mib()
         result.crashes = list(cluster.crashes)
         result.crash_logs = {n: cluster.children[n].log_tail(3000) for n in cluster.crashes}
+        if follower is not None and follower.error is not None:  # its counts are incomplete
+            result.crashes.append("bench (follower)")
+            result.crash_logs["bench (follower)"] = follower.error
     if follower is not None:
         _tally(result, follower, task_ids(prefix, cfg.count))
     result.wall_s = time.monotonic() - t_wall
@@ -446,7 +444,6 @@ def _drive(
     produced: tuple[int, float, int, float, float] | None = None
     last_timeline = -math.inf
     deadline = t0 + cfg.timeout_s
-    pids = {"broker": broker_pid}
     while True:
         now = time.monotonic()
         if produced is None:
@@ -470,9 +467,7 @@ def _drive(
         if now - last_timeline >= TIMELINE_EVERY_S:
             last_timeline = now
             point = {"t_s": round(now - t0, 1), "verdicts": float(done)}
-            for name, child in cluster.children.items():
-                point[name] = round(_current_rss_mib(child.process.pid), 1)
-            point["broker"] = round(_current_rss_mib(pids["broker"]), 1)
+            point.update(_rss_now(cluster, broker_pid))
             result.rss_timeline.append(point)
             progress(
                 {
@@ -496,9 +491,7 @@ def _drive(
         time.sleep(0.5)
     result.drain_s = time.monotonic() - t0
     result.end_to_end_per_s = follower.verdict_count() / max(result.drain_s, 1e-9)
-    for name, child in cluster.children.items():
-        result.end_rss_mib[name] = round(_current_rss_mib(child.process.pid), 1)
-    result.end_rss_mib["broker"] = round(_current_rss_mib(broker_pid), 1)
+    result.end_rss_mib.update(_rss_now(cluster, broker_pid))
     result.peak_rss_mib["producer"] = producer_peak
     producer.join(10)
     summary = view_json(cluster.status_url, "/summary", timeout_s=30.0)
@@ -540,18 +533,12 @@ def _wait_for_view(
         if time.monotonic() - last_timeline >= TIMELINE_EVERY_S:
             last_timeline = time.monotonic()
             point = {"t_s": round(last_timeline - t0, 1), "view_terminal": _view_terminal(summary)}
-            for name, child in cluster.children.items():
-                point[name] = round(_current_rss_mib(child.process.pid), 1)
-            point["broker"] = round(_current_rss_mib(broker_pid), 1)
+            point.update(_rss_now(cluster, broker_pid))
             result.rss_timeline.append(point)
             note(f"status view: {max(0, point['view_terminal']):,} of {cfg.count:,} terminal")
         time.sleep(2.0)
     cluster.sample_rss()
-    result.view_rss_mib = {
-        name: round(_current_rss_mib(child.process.pid), 1)
-        for name, child in cluster.children.items()
-    }
-    result.view_rss_mib["broker"] = round(_current_rss_mib(broker_pid), 1)
+    result.view_rss_mib = _rss_now(cluster, broker_pid)
     if isinstance(summary, dict):
         result.status_view = {"tasks": summary.get("tasks"), "per_state": summary.get("per_state")}
 

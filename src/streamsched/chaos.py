@@ -218,7 +218,6 @@ class Ledger:
         self.verdict_times: list[float] = []
         self.heartbeats: dict[str, list[float]] = {}  # node -> arrival times
         self.busy: dict[str, bool] = {}  # node -> its latest heartbeat lists attempts
-        self.records = 0
         self.types: Counter[str] = Counter()
 
     def expect(self, task_id: str, at: float) -> None:
@@ -229,7 +228,6 @@ class Ledger:
         kind = data.get("type")
         event_id = str(data.get("event_id", ""))
         with self.lock:
-            self.records += 1
             if kind == "node.heartbeat":
                 node_id = str(data.get("node_id"))
                 self.heartbeats.setdefault(node_id, []).append(at)
@@ -460,7 +458,6 @@ class LiveCluster:
         servers: str,
         run_dir: Path,
         executors: list[ExecutorSpec],
-        processor: bool = True,
         app_id: str = "streamsched-processor",
     ) -> None:
         self.env = {"KAFKA_BOOTSTRAP_SERVERS": servers, "PYTHONUNBUFFERED": "1"}
@@ -473,8 +470,7 @@ class LiveCluster:
         self.children: dict[str, Child] = {}
         self.expected_down: set[str] = set()
         self.crashes: list[str] = []
-        if processor:
-            self.start("processor")
+        self.start("processor")
         self.start("placement")
         for node_id in self.specs:
             self.start(node_id)
@@ -550,10 +546,9 @@ class LiveCluster:
         return stop_all(live, grace_s=15.0)
 
     def wait_ready(self, ledger: Ledger, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        """Until the status view answers (if there is a processor) and every executor has
-        sent a heartbeat."""
+        """Until the status view answers and every executor has sent a heartbeat."""
         deadline = time.monotonic() + timeout_s
-        view = "processor" not in self.children
+        view = False
         while time.monotonic() < deadline:
             dead = self.check()
             if dead:

@@ -557,6 +557,12 @@ def _servers(bootstrap: str | None) -> Iterator[tuple[str, str, int | None]]:
 
 def peak_rss_mib(pid: int | None) -> float:
     """Peak resident set size (VmHWM) of ``pid`` in MiB; nan when unknown."""
+    return proc_status_mib(pid, "VmHWM")
+
+
+def proc_status_mib(pid: int | None, field: str) -> float:
+    """A memory field of ``/proc/PID/status`` (``VmHWM``: peak RSS, ``VmRSS``: current)
+    in MiB; nan when unknown."""
     if pid is None:
         return float("nan")
     try:
@@ -564,7 +570,7 @@ def peak_rss_mib(pid: int | None) -> float:
     except OSError:
         return float("nan")
     for line in text.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
 
